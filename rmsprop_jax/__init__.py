@@ -1,0 +1,19 @@
+"""RMSprop for JAX: a pure-functional Optax gradient transformation.
+
+>>> import rmsprop_jax
+>>> sorted(rmsprop_jax.__all__)
+['RMSpropState', '__version__', 'rmsprop', 'scale_by_rms']
+"""
+
+from rmsprop_jax._alias import rmsprop
+from rmsprop_jax._core import RMSpropState
+from rmsprop_jax._transform import scale_by_rms
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "RMSpropState",
+    "__version__",
+    "rmsprop",
+    "scale_by_rms",
+]

@@ -1,0 +1,147 @@
+"""``scale_by_rms``: the learning-rate-free RMS normalisation."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from rmsprop_jax import _core
+from rmsprop_jax import _validation as v
+
+
+def _check_moment_args(
+    decay: jax.typing.ArrayLike,
+    eps: jax.typing.ArrayLike,
+    initial_scale: jax.typing.ArrayLike,
+    eps_in_sqrt: bool,
+    bias_correction: bool,
+    centered: bool,
+    split_complex: bool,
+    nu_dtype: jax.typing.DTypeLike | None,
+    mu_dtype: jax.typing.DTypeLike | None,
+    stochastic_rounding: bool,
+    seed: int,
+    factored: bool,
+    min_dim_size_to_factor: int,
+) -> dict:
+    """Checks the arguments shared by ``scale_by_rms`` and ``rmsprop``."""
+    v.check_unit_interval("decay", decay)
+    v.check_nonnegative("eps", eps)
+    v.check_nonnegative("initial_scale", initial_scale)
+    for name, flag in (
+        ("eps_in_sqrt", eps_in_sqrt),
+        ("bias_correction", bias_correction),
+        ("centered", centered),
+        ("split_complex", split_complex),
+        ("stochastic_rounding", stochastic_rounding),
+        ("factored", factored),
+    ):
+        v.check_static_bool(name, flag)
+    v.check_bias_correction(bias_correction, initial_scale)
+    v.check_positive_int("min_dim_size_to_factor", min_dim_size_to_factor)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"`seed` must be a Python int, got {seed!r}.")
+    if stochastic_rounding:
+        raise NotImplementedError(
+            "`stochastic_rounding=True` is not implemented yet; keep the "
+            "state in float32 (the default) or use round-to-nearest narrow "
+            "state with `nu_dtype`/`mu_dtype`."
+        )
+    if factored:
+        raise NotImplementedError(
+            "`factored=True` is not implemented yet; use the full second "
+            "moment (the default)."
+        )
+    return dict(
+        decay=decay,
+        eps=eps,
+        initial_scale=initial_scale,
+        eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+        centered=centered,
+        split_complex=split_complex,
+        nu_dtype=v.check_float_dtype("nu_dtype", nu_dtype),
+        mu_dtype=v.check_float_dtype("mu_dtype", mu_dtype),
+    )
+
+
+def scale_by_rms(
+    decay: jax.typing.ArrayLike = 0.9,
+    eps: jax.typing.ArrayLike = 1e-8,
+    initial_scale: jax.typing.ArrayLike = 0.0,
+    eps_in_sqrt: bool = True,
+    bias_correction: bool = False,
+    *,
+    centered: bool = False,
+    split_complex: bool = False,
+    nu_dtype: jax.typing.DTypeLike | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
+    factored: bool = False,
+    min_dim_size_to_factor: int = 128,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Divides updates by the root of a moving average of their squares.
+
+    The learning-rate-free core of RMSprop. With ``centered=False`` it matches
+    :func:`optax.scale_by_rms`, with ``centered=True``
+    :func:`optax.scale_by_stddev`. For step :math:`t = 1, 2, \dots`:
+
+    .. math::
+
+      \nu_t &= \rho\,\nu_{t-1} + (1 - \rho)\,|g_t|^2, \qquad \nu_0 = \text{initial_scale} \\
+      \mu_t &= \rho\,\mu_{t-1} + (1 - \rho)\,g_t \quad \text{(centered only)} \\
+      v_t &= \max(\hat\nu_t - |\hat\mu_t|^2, 0) \text{ if centered else } \hat\nu_t \\
+      s_t &= g_t / \sqrt{v_t + \epsilon} \quad\text{or}\quad g_t / (\sqrt{v_t} + \epsilon)
+
+    where :math:`\hat x = x / (1 - \rho^t)` with ``bias_correction`` and
+    :math:`\hat x = x` without.
+
+    Args:
+      decay: :math:`\rho`, the decay of the moving averages, in [0, 1).
+      eps: :math:`\epsilon` >= 0, added to the denominator.
+      initial_scale: starting value of :math:`\nu` (TensorFlow 1 uses 1).
+      eps_in_sqrt: add ``eps`` inside the square root (optax, Keras, TF) or
+        outside it (PyTorch).
+      bias_correction: divide the averages by :math:`1 - \rho^t` (needs
+        ``initial_scale == 0``).
+      centered: subtract the squared mean of the gradients (Graves 2013).
+      split_complex: treat the real and imaginary parts of complex parameters
+        as independent real parameters (PyTorch) instead of sharing one
+        :math:`|g|^2` (optax).
+      nu_dtype: storage dtype of :math:`\nu`; defaults to the parameter's
+        real dtype promoted to at least float32.
+      mu_dtype: storage dtype of :math:`\mu`, same default.
+      stochastic_rounding: not implemented yet (raises NotImplementedError).
+      seed: seed for stochastic rounding.
+      factored: not implemented yet (raises NotImplementedError).
+      min_dim_size_to_factor: smallest dimension that would be factored.
+
+    Returns:
+      An :class:`optax.GradientTransformationExtraArgs` whose state is a
+      :class:`RMSpropState`.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> import rmsprop_jax
+      >>> tx = rmsprop_jax.scale_by_rms(decay=0.9, eps=0.0)
+      >>> state = tx.init({"w": jnp.zeros(2)})
+      >>> s, state = tx.update({"w": jnp.array([2.0, -3.0])}, state)
+      >>> s["w"]  # g / sqrt(0.1 * g^2) = sign(g) * sqrt(10)
+      Array([ 3.1622777, -3.1622777], dtype=float32)
+
+    References:
+      Hinton, Srivastava and Swersky, `Neural Networks for Machine Learning,
+      lecture 6e <https://www.cs.toronto.edu/~tijmen/csc321/slides/lecture_slides_lec6.pdf>`_, 2012.
+
+      Graves, `Generating Sequences With Recurrent Neural Networks
+      <https://arxiv.org/abs/1308.0850>`_, 2013.
+    """
+    cfg = _core._Config(
+        **_check_moment_args(
+            decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered,
+            split_complex, nu_dtype, mu_dtype, stochastic_rounding, seed,
+            factored, min_dim_size_to_factor,
+        )
+    )
+    return _core.build(cfg)
