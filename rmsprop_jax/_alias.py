@@ -121,8 +121,18 @@ def rmsprop(
       <https://arxiv.org/abs/1711.05101>`_, 2019.
     """
     moment_args = _check_moment_args(
-        decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered,
-        split_complex, nu_dtype, mu_dtype, stochastic_rounding, seed, factored,
+        decay,
+        eps,
+        initial_scale,
+        eps_in_sqrt,
+        bias_correction,
+        centered,
+        split_complex,
+        nu_dtype,
+        mu_dtype,
+        stochastic_rounding,
+        seed,
+        factored,
         min_dim_size_to_factor,
     )
     v.check_rate("learning_rate", learning_rate)

@@ -210,6 +210,11 @@ def _leaf_step(
 
     if split:
         update = _merge(update, out_dtype)
+    elif not jnp.iscomplexobj(update) and jnp.finfo(out_dtype).bits < jnp.finfo(real).bits:
+        # A step too large for a narrow gradient dtype (float16 tops out at
+        # 65504) saturates at its largest finite value instead of becoming Inf.
+        largest = float(jnp.finfo(out_dtype).max)
+        update = jnp.clip(update, -largest, largest)
     return (
         update.astype(out_dtype),
         new_nu.astype(nu.dtype),

@@ -38,9 +38,9 @@ def _check_moment_args(
     ):
         v.check_static_bool(name, flag)
     v.check_bias_correction(bias_correction, initial_scale)
-    v.check_positive_int("min_dim_size_to_factor", min_dim_size_to_factor)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"`seed` must be a Python int, got {seed!r}.")
+    v.static_int("min_dim_size_to_factor", min_dim_size_to_factor, needed=factored, minimum=1)
+    if not isinstance(seed, jax.Array):  # a traced or array seed feeds a PRNG key as is
+        v.static_int("seed", seed, needed=False, minimum=0)
     if stochastic_rounding:
         raise NotImplementedError(
             "`stochastic_rounding=True` is not implemented yet; keep the "
@@ -49,8 +49,7 @@ def _check_moment_args(
         )
     if factored:
         raise NotImplementedError(
-            "`factored=True` is not implemented yet; use the full second "
-            "moment (the default)."
+            "`factored=True` is not implemented yet; use the full second moment (the default)."
         )
     return dict(
         decay=decay,
@@ -139,9 +138,19 @@ def scale_by_rms(
     """
     cfg = _core._Config(
         **_check_moment_args(
-            decay, eps, initial_scale, eps_in_sqrt, bias_correction, centered,
-            split_complex, nu_dtype, mu_dtype, stochastic_rounding, seed,
-            factored, min_dim_size_to_factor,
+            decay,
+            eps,
+            initial_scale,
+            eps_in_sqrt,
+            bias_correction,
+            centered,
+            split_complex,
+            nu_dtype,
+            mu_dtype,
+            stochastic_rounding,
+            seed,
+            factored,
+            min_dim_size_to_factor,
         )
     )
     return _core.build(cfg)

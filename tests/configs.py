@@ -4,7 +4,6 @@ import jax.numpy as jnp
 import optax
 
 
-
 # Schedules written to compute in the ambient precision (float64 under x64).
 # optax's own schedules return float32 for an int32 count, and their value can
 # differ by one float32 ulp between eager and jitted evaluation, which would
@@ -45,8 +44,11 @@ CONFIGS = {
         learning_rate=SCHEDULE, weight_decay=WD_SCHEDULE, momentum=0.9, lr_in_momentum=False
     ),
     "coupled_wd_centered_momentum": dict(
-        learning_rate=0.01, weight_decay=0.05, weight_decay_mode="coupled",
-        centered=True, momentum=0.5,
+        learning_rate=0.01,
+        weight_decay=0.05,
+        weight_decay_mode="coupled",
+        centered=True,
+        momentum=0.5,
     ),
     "maximize": dict(learning_rate=0.01, maximize=True, momentum=0.5),
     "maximize_coupled": dict(
@@ -58,10 +60,18 @@ CONFIGS = {
 
 # The subset of CONFIGS whose arguments optax.rmsprop also takes.
 OPTAX_ARGS = (
-    "learning_rate", "decay", "eps", "initial_scale", "eps_in_sqrt",
-    "centered", "momentum", "nesterov", "bias_correction",
+    "learning_rate",
+    "decay",
+    "eps",
+    "initial_scale",
+    "eps_in_sqrt",
+    "centered",
+    "momentum",
+    "nesterov",
+    "bias_correction",
 )
 OPTAX_CONFIGS = {
-    name: kw for name, kw in CONFIGS.items()
+    name: kw
+    for name, kw in CONFIGS.items()
     if set(kw) <= set(OPTAX_ARGS) and kw.get("lr_in_momentum", True)
 }

@@ -37,7 +37,11 @@ class Reference:
         self.lr = learning_rate if callable(learning_rate) else (lambda t: learning_rate)
         self.wd = weight_decay if callable(weight_decay) else (lambda t: weight_decay)
         self.decay, self.eps, self.initial_scale = decay, eps, initial_scale
-        self.eps_in_sqrt, self.centered, self.bias_correction = eps_in_sqrt, centered, bias_correction
+        self.eps_in_sqrt, self.centered, self.bias_correction = (
+            eps_in_sqrt,
+            centered,
+            bias_correction,
+        )
         self.momentum = momentum or 0.0
         self.nesterov, self.lr_in_momentum = nesterov, lr_in_momentum
         self.wd_mode, self.mask = weight_decay_mode, weight_decay_mask
@@ -51,8 +55,11 @@ class Reference:
             cplx = np.iscomplexobj(p) and not self.split_complex
             mdt = np.complex128 if cplx else np.float64
             self.state.append(
-                dict(nu=np.full(shape, self.initial_scale, np.float64),
-                     mu=np.zeros(shape, mdt), b=np.zeros(shape, mdt))
+                dict(
+                    nu=np.full(shape, self.initial_scale, np.float64),
+                    mu=np.zeros(shape, mdt),
+                    b=np.zeros(shape, mdt),
+                )
             )
 
     def step(self, grads: list[np.ndarray], params: list[np.ndarray]) -> list[np.ndarray]:

@@ -33,7 +33,10 @@ def compare_updates(ours, theirs, params, grads_seq, rtol=1e-6, atol=1e-7):
             nan = np.isnan(np.asarray(b))
             assert np.all(np.asarray(a)[nan] == 0)
             np.testing.assert_allclose(
-                np.where(nan, 0, a), np.where(nan, 0, b), rtol=rtol, atol=atol,
+                np.where(nan, 0, a),
+                np.where(nan, 0, b),
+                rtol=rtol,
+                atol=atol,
                 err_msg=f"step {step + 1}",
             )
         params = optax.apply_updates(params, u1)
@@ -68,7 +71,9 @@ def test_scale_by_rms_matches_optax_grid(decay, eps, eps_in_sqrt, bias_correctio
     peer = optax.scale_by_stddev(**kw) if centered else optax.scale_by_rms(**kw)
     tree = make_tree()
     compare_updates(
-        rmsprop_jax.scale_by_rms(**kw, centered=centered), peer, to_jax(tree, jnp.float32),
+        rmsprop_jax.scale_by_rms(**kw, centered=centered),
+        peer,
+        to_jax(tree, jnp.float32),
         gradient_sequence(tree, 12),
     )
 
@@ -79,22 +84,33 @@ def test_scale_by_rms_initial_scale_matches_optax(initial_scale):
     compare_updates(
         rmsprop_jax.scale_by_rms(initial_scale=initial_scale),
         optax.scale_by_rms(initial_scale=initial_scale),
-        to_jax(tree, jnp.float32), gradient_sequence(tree, STEPS),
+        to_jax(tree, jnp.float32),
+        gradient_sequence(tree, STEPS),
     )
 
 
 def test_matches_optax_with_complex_parameters():
     tree = make_tree(complex_leaf=True)
     for kw in (dict(learning_rate=0.01), dict(learning_rate=0.01, centered=True, momentum=0.9)):
-        compare_updates(rmsprop_jax.rmsprop(**kw), optax.rmsprop(**kw),
-                        to_jax(tree, jnp.float32), gradient_sequence(tree, STEPS))
+        compare_updates(
+            rmsprop_jax.rmsprop(**kw),
+            optax.rmsprop(**kw),
+            to_jax(tree, jnp.float32),
+            gradient_sequence(tree, STEPS),
+        )
 
 
 def test_matches_optax_in_float64(x64):
     tree = make_tree()
     kw = dict(learning_rate=SCHEDULE, centered=True, momentum=0.9, bias_correction=True)
-    compare_updates(rmsprop_jax.rmsprop(**kw), optax.rmsprop(**kw),
-                    to_jax(tree, jnp.float64), gradient_sequence(tree, STEPS), rtol=1e-13, atol=0)
+    compare_updates(
+        rmsprop_jax.rmsprop(**kw),
+        optax.rmsprop(**kw),
+        to_jax(tree, jnp.float64),
+        gradient_sequence(tree, STEPS),
+        rtol=1e-13,
+        atol=0,
+    )
 
 
 def _example_libraries_run(opt_triple, params, grads_seq):

@@ -78,8 +78,14 @@ def test_float64_trajectory_matches_reference(name, x64):
 
 
 @pytest.mark.parametrize("split_complex", [False, True])
-@pytest.mark.parametrize("extra", [{}, {"centered": True, "momentum": 0.9},
-                                   {"weight_decay": 0.1, "weight_decay_mode": "coupled"}])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"centered": True, "momentum": 0.9},
+        {"weight_decay": 0.1, "weight_decay_mode": "coupled"},
+    ],
+)
 def test_complex_parameters(split_complex, extra, x64):
     kw = dict(learning_rate=0.01, split_complex=split_complex, **extra)
     tree = make_tree(complex_leaf=True)
@@ -129,8 +135,9 @@ def test_array_valued_mask_matches_bool_mask(x64):
     array_mask = jax.tree.map(jnp.asarray, mask)
     kw = dict(learning_rate=0.01, weight_decay=0.2)
     a, _ = run(rmsprop_jax.rmsprop(**kw, weight_decay_mask=mask), to_jax(tree, jnp.float64), grads)
-    b, _ = run(rmsprop_jax.rmsprop(**kw, weight_decay_mask=array_mask),
-               to_jax(tree, jnp.float64), grads)
+    b, _ = run(
+        rmsprop_jax.rmsprop(**kw, weight_decay_mask=array_mask), to_jax(tree, jnp.float64), grads
+    )
     for x, y in zip(jax.tree.leaves(a[-1]), jax.tree.leaves(b[-1])):
         np.testing.assert_array_equal(x, y)
 
