@@ -22,7 +22,9 @@ Array = jax.Array
 class RMSpropState(NamedTuple):
     """State of RMSprop: step count, second moment and optional mean and momentum."""
 
-    count: Array  # int32 scalar: the number of updates made so far.
+    # int32 scalar: the number of updates made so far. (The SPEC names it
+    # `count`, which shadows tuple.count for the type checker only.)
+    count: Array  # type: ignore[assignment]
     nu: optax.Updates  # moving average of |g|^2.
     mu: optax.Updates | None  # moving average of g; only when centered.
     trace: optax.Updates | None  # momentum buffer; only with momentum.
@@ -162,6 +164,7 @@ def _leaf_step(
     if cfg.maximize:
         g = -g
     if wd is not None and cfg.weight_decay_mode == "coupled":
+        assert p is not None
         g = g + jnp.asarray(wd, real).astype(work) * p.astype(work)
 
     decay = jnp.asarray(cfg.decay, real)
@@ -169,6 +172,7 @@ def _leaf_step(
     new_nu = one_minus_decay * _abs_sq(g) + decay * nu.astype(real)
     new_mu = None
     if cfg.centered:
+        assert mu is not None
         new_mu = one_minus_decay.astype(work) * g + decay.astype(work) * mu.astype(work)
 
     nu_hat, mu_hat = new_nu, new_mu
@@ -178,6 +182,7 @@ def _leaf_step(
         mu_hat = None if new_mu is None else new_mu / correction.astype(work)
     v = nu_hat
     if cfg.centered:
+        assert mu_hat is not None
         # The variance can round below zero; clamp so the root stays real.
         v = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
 
@@ -197,6 +202,7 @@ def _leaf_step(
             step = lr * s
         else:
             m = jnp.asarray(cfg.momentum, real).astype(work)
+            assert trace is not None
             b = trace.astype(work)
             if cfg.lr_in_momentum:
                 new_trace = m * b + lr * s
@@ -206,6 +212,7 @@ def _leaf_step(
                 step = lr * (s + m * new_trace) if cfg.nesterov else lr * new_trace
         update = -step
         if wd is not None and cfg.weight_decay_mode == "decoupled":
+            assert p is not None
             update = update - (lr * jnp.asarray(wd, real).astype(work)) * p.astype(work)
 
     if split:
@@ -218,13 +225,18 @@ def _leaf_step(
     return (
         update.astype(out_dtype),
         new_nu.astype(nu.dtype),
-        None if new_mu is None else new_mu.astype(mu.dtype),
-        None if new_trace is None else new_trace.astype(trace.dtype),
+        None if new_mu is None or mu is None else new_mu.astype(mu.dtype),
+        None if new_trace is None or trace is None else new_trace.astype(trace.dtype),
     )
 
 
 # --------------------------------------------------------------------------
 # The transformation.
+
+
+def _flatten(tree: Any) -> tuple[list[Any], Any]:
+    """``jax.tree.flatten``, with the treedef typed loosely (jaxlib ships no stubs)."""
+    return jax.tree.flatten(tree)
 
 
 def _evaluate(rate: Any, count: Array) -> Any:
@@ -250,7 +262,7 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
     """Returns the transformation that ``cfg`` describes."""
 
     def init_fn(params: optax.Params) -> RMSpropState:
-        leaves, treedef = jax.tree.flatten(params)
+        leaves, treedef = _flatten(params)
         per_leaf = [_init_leaf(cfg, p) for p in leaves]
         nu = treedef.unflatten([x[0] for x in per_leaf])
         mu = treedef.unflatten([x[1] for x in per_leaf]) if cfg.centered else None
@@ -265,8 +277,8 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
         **extra_args: Any,
     ) -> tuple[optax.Updates, RMSpropState]:
         del extra_args
-        g_leaves, treedef = jax.tree.flatten(updates)
-        state_def = jax.tree.structure(state.nu)
+        g_leaves, treedef = _flatten(updates)
+        state_def: Any = jax.tree.structure(state.nu)
         if treedef != state_def:
             raise ValueError(
                 "The gradient tree does not match the optimizer state: the "

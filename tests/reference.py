@@ -51,7 +51,7 @@ class Reference:
         self.t = 0
         self.state = []
         for p in params:
-            shape = p.shape + (2,) if self.split_complex and np.iscomplexobj(p) else p.shape
+            shape = (*p.shape, 2) if self.split_complex and np.iscomplexobj(p) else p.shape
             cplx = np.iscomplexobj(p) and not self.split_complex
             mdt = np.complex128 if cplx else np.float64
             self.state.append(

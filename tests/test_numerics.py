@@ -77,7 +77,8 @@ def test_float16_update_saturates_instead_of_overflowing():
     # 1e8 times the gradient, far beyond float16's largest value (65504).
     opt = rmsprop_jax.rmsprop(1.0, decay=0.0, centered=True, eps=1e-8, eps_in_sqrt=False)
     params = {"w": jnp.zeros(2, jnp.float16)}
-    updates, state = opt.update({"w": jnp.array([1.0, -1.0], jnp.float16)}, opt.init(params), params)
+    grads = {"w": jnp.array([1.0, -1.0], jnp.float16)}
+    updates, state = opt.update(grads, opt.init(params), params)
     assert updates["w"].dtype == jnp.float16
     np.testing.assert_array_equal(updates["w"], [-65504.0, 65504.0])
     assert _finite(state)

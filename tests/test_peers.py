@@ -113,6 +113,18 @@ def test_matches_optax_in_float64(x64):
     )
 
 
+def test_matches_optax_with_an_optax_schedule():
+    tree = make_tree()
+    kw = dict(learning_rate=OPTAX_SCHEDULE, momentum=0.9, centered=True)
+    with jax.numpy_dtype_promotion("standard"):  # optax's schedule mixes int and float
+        compare_updates(
+            rmsprop_jax.rmsprop(**kw),
+            optax.rmsprop(**kw),
+            to_jax(tree, jnp.float32),
+            gradient_sequence(tree, STEPS),
+        )
+
+
 def _example_libraries_run(opt_triple, params, grads_seq):
     init, update, get_params = opt_triple
     out = []

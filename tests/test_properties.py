@@ -26,8 +26,9 @@ DTYPES = [np.float32, jnp.bfloat16, np.float16]
 def trees(draw, dtype=None):
     """Nested dicts and lists of arrays (scalars and zero-size shapes included)."""
     dtype = dtype or draw(st.sampled_from(DTYPES))
-    shapes = st.lists(hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4),
-                      min_size=1, max_size=4)
+    shapes = st.lists(
+        hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=4), min_size=1, max_size=4
+    )
     leaves = [
         draw(hnp.arrays(np.float32, s, elements=st.floats(-10, 10, width=32))).astype(dtype)
         for s in draw(shapes)
@@ -101,7 +102,8 @@ def test_step_opposes_the_gradient_without_momentum(g, centered, eps_in_sqrt, ma
 @given(
     # Squares must stay in the normal range: XLA flushes subnormals to zero.
     g=hnp.arrays(
-        np.float64, 6,
+        np.float64,
+        6,
         elements=st.one_of(st.just(0.0), st.floats(1e-150, 1e3), st.floats(-1e3, -1e-150)),
     ),
     decay=st.floats(0.0, 0.999),

@@ -1,0 +1,45 @@
+# Every target creates .venv on first use and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+.PHONY: help demo test lint fuzz test-tensorflow clean
+
+help:
+	@echo "make demo             train a small Flax model with rmsprop_jax (the main job)"
+	@echo "make test             run the test suite (doctests included)"
+	@echo "make lint             ruff (lint + format check) and mypy"
+	@echo "make fuzz             the hypothesis properties with many more examples"
+	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# One stamp per set of extras, redone when pyproject.toml changes.
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(PIP) install --quiet -e ".[$(subst +,$(comma),$*)]"
+	@touch $@
+
+comma := ,
+
+demo: $(VENV)/.installed-examples
+	$(BIN)/python examples/quickstart.py
+
+test: $(VENV)/.installed-test+examples
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed-lint
+	$(BIN)/ruff check rmsprop_jax tests examples benchmarks
+	$(BIN)/ruff format --check rmsprop_jax tests examples benchmarks
+	$(BIN)/mypy
+
+fuzz: $(VENV)/.installed-test
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py
+
+test-tensorflow: $(VENV)/.installed-test+tensorflow
+	$(BIN)/python -m pytest -q -m tensorflow tests
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache .mypy_cache
