@@ -38,8 +38,15 @@ lint: $(VENV)/.installed-lint
 fuzz: $(VENV)/.installed-test
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py
 
-test-tensorflow: $(VENV)/.installed-test+tensorflow
-	$(BIN)/python -m pytest -q -m tensorflow tests
+# TensorFlow (~3 GB with its dependencies) gets a venv of its own.
+.venv-tf/.installed: pyproject.toml
+	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
+	.venv-tf/bin/python -m pip install --quiet --upgrade pip
+	.venv-tf/bin/python -m pip install --quiet -e ".[test,tensorflow]"
+	@touch $@
+
+test-tensorflow: .venv-tf/.installed
+	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
 
 clean:
-	rm -rf $(VENV) demo_output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache

@@ -2,9 +2,10 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)
-['RMSpropState', '__version__', 'rmsprop', 'scale_by_rms']
+['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms']
 """
 
+from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._core import RMSpropState
 from rmsprop_jax._transform import scale_by_rms
@@ -14,6 +15,7 @@ __version__ = "0.1.0"
 __all__ = [
     "RMSpropState",
     "__version__",
+    "presets",
     "rmsprop",
     "scale_by_rms",
 ]
