@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 .PHONY: help demo test lint fuzz test-tensorflow clean
 
 help:
-	@echo "make demo             train a small Flax model with rmsprop_jax (the main job)"
+	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
 	@echo "make test             run the test suite (doctests included)"
 	@echo "make lint             ruff (lint + format check) and mypy"
 	@echo "make fuzz             the hypothesis properties with many more examples"
@@ -25,7 +25,7 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 comma := ,
 
 demo: $(VENV)/.installed-examples
-	$(BIN)/python examples/quickstart.py
+	$(BIN)/python examples/demo.py
 
 test: $(VENV)/.installed-test+examples
 	$(BIN)/python -m pytest -q

@@ -2,11 +2,12 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)
-['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms']
+['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms', 'validate_state']
 """
 
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
+from rmsprop_jax._checkpoint import validate_state
 from rmsprop_jax._core import RMSpropState
 from rmsprop_jax._transform import scale_by_rms
 
@@ -18,4 +19,5 @@ __all__ = [
     "presets",
     "rmsprop",
     "scale_by_rms",
+    "validate_state",
 ]

@@ -1,11 +1,11 @@
-"""Quickstart: a Flax NNX classifier trained with rmsprop_jax on real data.
+"""A Flax NNX classifier trained with rmsprop_jax on real data.
 
 The data is scikit-learn's bundled handwritten digits (1797 8x8 images, no
 download). The optimizer is RMSprop after global-norm clipping:
 
     optax.chain(optax.clip_by_global_norm(1.0), rmsprop_jax.rmsprop(...))
 
-Run:  python examples/quickstart.py [--steps 300]
+Run:  python examples/flax_nnx_classifier.py [--steps 300]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import optax
 from flax import nnx
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
+from tqdm import tqdm
 
 import rmsprop_jax
 
@@ -73,18 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     rng = np.random.default_rng(args.seed)
-    print(
-        f"Training a {x_train.shape[1]}-64-10 MLP on {len(x_train)} digits, "
-        f"testing on {len(x_test)}."
-    )
+    print(f"Training a 64-64-10 MLP on {len(x_train)} digits, testing on {len(x_test)}.")
     start = time.perf_counter()
     losses = []
-    for step in range(1, args.steps + 1):
-        idx = rng.choice(len(x_train), args.batch_size, replace=False)
-        losses.append(float(train_step(model, optimizer, x_train[idx], y_train[idx])))
-        if step == 1 or step % max(1, args.steps // 10) == 0 or step == args.steps:
-            window = np.mean(losses[-max(1, args.steps // 10) :])
-            print(f"step {step:5d}   train loss {window:.4f}")
+    with tqdm(range(1, args.steps + 1), ncols=80) as bar:
+        for step in bar:
+            idx = rng.choice(len(x_train), args.batch_size, replace=False)
+            losses.append(float(train_step(model, optimizer, x_train[idx], y_train[idx])))
+            if step == 1 or step % max(1, args.steps // 10) == 0 or step == args.steps:
+                window = np.mean(losses[-max(1, args.steps // 10) :])
+                bar.write(f"step {step:5d}   train loss {window:.4f}")
     test_acc = float(accuracy(model, x_test, y_test))
     print(
         f"test accuracy {test_acc:.3f} after {args.steps} steps "
