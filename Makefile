@@ -4,13 +4,14 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test lint fuzz test-tensorflow clean
+.PHONY: help demo test lint fuzz soak test-tensorflow clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
 	@echo "make test             run the test suite (doctests included)"
 	@echo "make lint             ruff (lint + format check) and mypy"
-	@echo "make fuzz             the hypothesis properties with many more examples"
+	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
+	@echo "make soak             100,000-step soak runs (a few minutes)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
 
 $(BIN)/python:
@@ -35,8 +36,11 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/ruff format --check rmsprop_jax tests examples benchmarks
 	$(BIN)/mypy
 
-fuzz: $(VENV)/.installed-test
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py
+soak: $(VENV)/.installed-test+examples
+	$(BIN)/python -m pytest -q -m soak tests/test_soak.py
+
+fuzz: $(VENV)/.installed-test+examples
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py tests/test_fuzz.py
 
 # TensorFlow (~3 GB with its dependencies) gets a venv of its own.
 .venv-tf/.installed: pyproject.toml

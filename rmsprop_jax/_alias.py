@@ -82,8 +82,9 @@ def rmsprop(
       split_complex: see :func:`scale_by_rms`.
       nu_dtype: storage dtype of the second moment.
       mu_dtype: storage dtype of the mean and the momentum buffer.
-      stochastic_rounding: not implemented yet.
-      seed: seed for stochastic rounding.
+      stochastic_rounding: round narrow-dtype state stochastically (see
+        :func:`scale_by_rms`).
+      seed: seed of the stochastic rounding.
       factored: not implemented yet.
       min_dim_size_to_factor: smallest dimension that would be factored.
 

@@ -43,6 +43,8 @@ class _Config:
     split_complex: bool
     nu_dtype: jnp.dtype | None
     mu_dtype: jnp.dtype | None
+    stochastic_rounding: bool = False
+    seed: Any = 0
     # Everything below is unused by ``scale_by_rms`` (learning_rate=None).
     learning_rate: Any = None
     momentum: Any = None  # None: no momentum buffer.
@@ -101,6 +103,48 @@ def _merge(x: Array, dtype: jnp.dtype) -> Array:
 
 
 # --------------------------------------------------------------------------
+# Storing state in a narrow dtype.
+
+
+def _stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
+    """Rounds ``x`` to ``dtype`` up or down at random, unbiasedly: the expected
+    result is ``x`` exactly. Round-to-nearest would instead drop every increment
+    smaller than half a unit in the last place, so a slow average (decay 0.999)
+    kept in bfloat16 stops moving."""
+    nearest = x.astype(dtype)
+    back = nearest.astype(x.dtype)
+    err = x - back
+    other = jnp.nextafter(nearest, jnp.where(err > 0, jnp.inf, -jnp.inf).astype(dtype))
+    gap = other.astype(x.dtype) - back  # same sign as err, or inf at the top of the range
+    ok = (err != 0) & jnp.isfinite(gap) & (gap != 0)
+    p = jnp.where(ok, err / jnp.where(ok, gap, 1), 0)
+    u = jax.random.uniform(key, jnp.shape(x), x.dtype)
+    return jnp.where(u < p, other, nearest)
+
+
+def _saturate(x: Array, dtype: jnp.dtype) -> Array:
+    """Clips real ``x`` to the finite range of ``dtype`` (NaN stays NaN)."""
+    if jnp.iscomplexobj(x):
+        return x
+    largest = float(jnp.finfo(dtype).max)
+    return jnp.clip(x, -largest, largest)
+
+
+def _store(x: Array, dtype: jnp.dtype, key: Array | None) -> Array:
+    """Casts a new state value to its storage dtype (stochastically if asked)."""
+    if key is not None and jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
+        if jnp.iscomplexobj(x):
+            k_re, k_im = jax.random.split(key)
+            real = _real_dtype(jnp.dtype(dtype))
+            return jax.lax.complex(
+                _stochastic_round(jnp.real(x), real, k_re),
+                _stochastic_round(jnp.imag(x), real, k_im),
+            ).astype(dtype)
+        return _stochastic_round(x, dtype, key)
+    return x.astype(dtype)
+
+
+# --------------------------------------------------------------------------
 # Per-leaf step.
 
 
@@ -146,8 +190,11 @@ def _leaf_step(
     lr: Any,
     wd: Any,
     t: Array,
+    key: Array | None,
 ) -> tuple[Array, Array, Array | None, Array | None]:
-    """One RMSprop step for one leaf; returns (update, nu, mu, trace)."""
+    """One RMSprop step for one leaf; returns (update, nu, mu, trace).
+
+    ``key`` is None unless the state is rounded stochastically."""
     out_dtype = jnp.result_type(g)
     split = cfg.split_complex and jnp.iscomplexobj(g)
     if split:
@@ -215,18 +262,24 @@ def _leaf_step(
             assert p is not None
             update = update - (lr * jnp.asarray(wd, real).astype(work)) * p.astype(work)
 
-    if split:
-        update = _merge(update, out_dtype)
-    elif not jnp.iscomplexobj(update) and jnp.finfo(out_dtype).bits < jnp.finfo(real).bits:
-        # A step too large for a narrow gradient dtype (float16 tops out at
-        # 65504) saturates at its largest finite value instead of becoming Inf.
-        largest = float(jnp.finfo(out_dtype).max)
-        update = jnp.clip(update, -largest, largest)
+    # A step beyond the range of the gradient's dtype (float16 tops out at
+    # 65504; g / eps with a zero variance can exceed any range) saturates at
+    # the largest finite value instead of becoming Inf.
+    update = _merge(update, out_dtype) if split else _saturate(update, out_dtype)
+    keys: list[Array | None] = [None, None, None]
+    if key is not None:
+        keys = list(jax.random.split(key, 3))
     return (
         update.astype(out_dtype),
-        new_nu.astype(nu.dtype),
-        None if new_mu is None or mu is None else new_mu.astype(mu.dtype),
-        None if new_trace is None or trace is None else new_trace.astype(trace.dtype),
+        _store(new_nu, nu.dtype, keys[0]),
+        # nu is not saturated: a square beyond its range is +inf, which makes
+        # that coordinate's step 0 (documented); mu and the buffer saturate.
+        None
+        if new_mu is None or mu is None
+        else _store(_saturate(new_mu, mu.dtype), mu.dtype, keys[1]),
+        None
+        if new_trace is None or trace is None
+        else _store(_saturate(new_trace, trace.dtype), trace.dtype, keys[2]),
     )
 
 
@@ -288,7 +341,7 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
             )
         n = treedef.num_leaves
         wd = cfg.weight_decay
-        if wd is not None:
+        if wd is not None and n:
             if params is None:
                 raise ValueError(
                     "`params` must be passed to `update` when weight decay is "
@@ -305,10 +358,15 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
         lr = _evaluate(cfg.learning_rate, state.count)
         wd_t = _evaluate(wd, state.count)
         t = optax.safe_increment(state.count)
+        keys: list[Array | None] = [None] * n
+        if cfg.stochastic_rounding and n:
+            # Deterministic for a given seed: one stream per step and leaf.
+            step_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.count)
+            keys = [jax.random.fold_in(step_key, i) for i in range(n)]
         results = [
-            _leaf_step(cfg, g, p, nu, mu, tr, lr, _leaf_weight_decay(wd_t, m), t)
-            for g, p, nu, mu, tr, m in zip(
-                g_leaves, p_leaves, nu_leaves, mu_leaves, tr_leaves, mask, strict=True
+            _leaf_step(cfg, g, p, nu, mu, tr, lr, _leaf_weight_decay(wd_t, m), t, k)
+            for g, p, nu, mu, tr, m, k in zip(
+                g_leaves, p_leaves, nu_leaves, mu_leaves, tr_leaves, mask, keys, strict=True
             )
         ]
         new_updates, new_nu, new_mu, new_trace = (

@@ -41,12 +41,6 @@ def _check_moment_args(
     v.static_int("min_dim_size_to_factor", min_dim_size_to_factor, needed=factored, minimum=1)
     if not isinstance(seed, jax.Array):  # a traced or array seed feeds a PRNG key as is
         v.static_int("seed", seed, needed=False, minimum=0)
-    if stochastic_rounding:
-        raise NotImplementedError(
-            "`stochastic_rounding=True` is not implemented yet; keep the "
-            "state in float32 (the default) or use round-to-nearest narrow "
-            "state with `nu_dtype`/`mu_dtype`."
-        )
     if factored:
         raise NotImplementedError(
             "`factored=True` is not implemented yet; use the full second moment (the default)."
@@ -61,6 +55,8 @@ def _check_moment_args(
         split_complex=split_complex,
         nu_dtype=v.check_float_dtype("nu_dtype", nu_dtype),
         mu_dtype=v.check_float_dtype("mu_dtype", mu_dtype),
+        stochastic_rounding=stochastic_rounding,
+        seed=seed,
     )
 
 
@@ -111,8 +107,12 @@ def scale_by_rms(
       nu_dtype: storage dtype of :math:`\nu`; defaults to the parameter's
         real dtype promoted to at least float32.
       mu_dtype: storage dtype of :math:`\mu`, same default.
-      stochastic_rounding: not implemented yet (raises NotImplementedError).
-      seed: seed for stochastic rounding.
+      stochastic_rounding: round state stored in a dtype narrower than the
+        computation (e.g. ``nu_dtype=jnp.bfloat16``) up or down at random so
+        that it is unbiased; round-to-nearest stalls slow averages. Has no
+        effect on state kept at full precision.
+      seed: seed of the stochastic rounding; with the step count and the leaf
+        it fixes every random choice, so runs are reproducible.
       factored: not implemented yet (raises NotImplementedError).
       min_dim_size_to_factor: smallest dimension that would be factored.
 

@@ -64,7 +64,7 @@ def test_scale_by_rms_checks_too(kwargs, name):
         rmsprop_jax.scale_by_rms(**kwargs)
 
 
-@pytest.mark.parametrize("flag", ["stochastic_rounding", "factored"])
+@pytest.mark.parametrize("flag", ["factored"])
 def test_unimplemented_options_say_so(flag):
     with pytest.raises(NotImplementedError, match=flag):
         rmsprop_jax.rmsprop(0.1, **{flag: True})
