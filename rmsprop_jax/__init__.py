@@ -1,14 +1,16 @@
 """RMSprop for JAX: a pure-functional Optax gradient transformation.
 
 >>> import rmsprop_jax
->>> sorted(rmsprop_jax.__all__)
-['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms', 'validate_state']
+>>> sorted(rmsprop_jax.__all__)  # doctest: +NORMALIZE_WHITESPACE
+['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms',
+ 'shard_state', 'validate_state']
 """
 
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
 from rmsprop_jax._core import RMSpropState
+from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
 __version__ = "0.1.0"
@@ -19,5 +21,6 @@ __all__ = [
     "presets",
     "rmsprop",
     "scale_by_rms",
+    "shard_state",
     "validate_state",
 ]

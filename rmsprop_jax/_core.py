@@ -163,20 +163,21 @@ def _abs_sq(x: Array) -> Array:
 
 
 def _init_leaf(cfg: _Config, p: Array) -> tuple[Array, Array | None, Array | None]:
-    if cfg.split_complex and _is_complex(p):
-        shape = (*jnp.shape(p), 2)
+    # State is made *like* the parameter (``full_like``), so it inherits the
+    # parameter's sharding, eagerly and under jit alike.
+    p = jnp.asarray(p)
+    complex_state = _is_complex(p)
+    if cfg.split_complex and complex_state:
+        p = _split(p)  # shape (..., 2): real and imaginary parts
         complex_state = False
-    else:
-        shape = jnp.shape(p)
-        complex_state = _is_complex(p)
     real = _default_real_dtype(jnp.result_type(p))
     nu_dtype = cfg.nu_dtype or real
     mu_dtype = cfg.mu_dtype or real
     if complex_state:
         mu_dtype = _to_complex(mu_dtype)
-    nu = jnp.full(shape, cfg.initial_scale, nu_dtype)
-    mu = jnp.zeros(shape, mu_dtype) if cfg.centered else None
-    trace = jnp.zeros(shape, mu_dtype) if cfg.momentum is not None else None
+    nu = jnp.full_like(p, cfg.initial_scale, dtype=nu_dtype)
+    mu = jnp.zeros_like(p, dtype=mu_dtype) if cfg.centered else None
+    trace = jnp.zeros_like(p, dtype=mu_dtype) if cfg.momentum is not None else None
     return nu, mu, trace
 
 

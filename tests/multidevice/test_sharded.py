@@ -1,0 +1,173 @@
+"""Sharded state on 8 simulated CPU devices (run by tests/test_scale.py in a
+subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8)."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import rmsprop_jax
+
+pytestmark = pytest.mark.skipif(jax.device_count() < 8, reason="needs 8 devices")
+
+COLLECTIVES = re.compile(r"all-reduce|all-gather|reduce-scatter|collective-permute|all-to-all")
+
+CONFIGS = [
+    dict(learning_rate=0.1),
+    dict(
+        learning_rate=optax.linear_schedule(0.1, 0.01, 10),
+        centered=True,
+        momentum=0.9,
+        nesterov=True,
+        bias_correction=True,
+    ),
+    dict(
+        learning_rate=0.1,
+        weight_decay=0.1,
+        weight_decay_mode="coupled",
+        momentum=0.9,
+        lr_in_momentum=False,
+        split_complex=True,
+    ),
+    dict(
+        learning_rate=0.1,
+        weight_decay=0.1,
+        nu_dtype=jnp.bfloat16,
+        mu_dtype=jnp.bfloat16,
+        stochastic_rounding=True,
+        centered=True,
+    ),
+]
+
+SPECS = {
+    "w": ((8, 16), jnp.float32, P("data", "model")),
+    "v": ((16, 8), jnp.float32, P(None, "data")),
+    "b": ((16,), jnp.float32, P("model")),
+    "flat": ((32,), jnp.float32, P(("data", "model"))),
+    "rep": ((3, 5), jnp.float32, P()),
+    "z": ((8,), jnp.complex64, P("model")),
+    "h": ((4, 8), jnp.bfloat16, P("data", None)),
+}
+
+
+def _mesh(kind):
+    return jax.make_mesh((2, 4), ("data", "model"), axis_types=(kind, kind))
+
+
+def _params(mesh):
+    return {
+        name: jax.device_put(jnp.ones(shape, dtype), NamedSharding(mesh, spec))
+        for name, (shape, dtype, spec) in SPECS.items()
+    }
+
+
+def _norm(spec, ndim):
+    """A PartitionSpec as a tuple of length ndim: P() and P(None, None) are equal."""
+    spec = tuple(spec)
+    return spec + (None,) * (ndim - len(spec))
+
+
+def _check_follows(state, params, split_complex):
+    for field in ("nu", "mu", "trace"):
+        tree = getattr(state, field)
+        if tree is None:
+            continue
+        for name, leaf in tree.items():
+            want = params[name].sharding.spec
+            if split_complex and jnp.iscomplexobj(params[name]):
+                want = P(*want, None)
+            got = leaf.sharding.spec
+            assert _norm(got, leaf.ndim) == _norm(want, leaf.ndim), (field, name, got, want)
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+@pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
+def test_state_has_the_parameters_shardings(kw, kind):
+    mesh = _mesh(kind)
+    params = _params(mesh)
+    opt = rmsprop_jax.rmsprop(**kw)
+    split = kw.get("split_complex", False)
+    state = opt.init(params)
+    _check_follows(state, params, split)  # eager
+    with jax.set_mesh(mesh):
+        if kind == AxisType.Explicit:
+            # With explicit axes the sharding is part of the type, so init under
+            # jit keeps it. (With Auto axes the compiler chooses init's output
+            # shardings, and out_shardings decides; see the README.)
+            state = jax.jit(opt.init)(params)
+            _check_follows(state, params, split)  # under jit
+        grads = jax.tree.map(lambda p: p * 0.5, params)
+        updates, state = jax.jit(opt.update)(grads, state, params)
+    _check_follows(state, params, split)  # after a jitted update
+    for name, u in updates.items():
+        assert _norm(u.sharding.spec, u.ndim) == _norm(params[name].sharding.spec, u.ndim)
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_compiled_update_has_no_collectives(kw):
+    mesh = _mesh(AxisType.Explicit)
+    params = _params(mesh)
+    opt = rmsprop_jax.rmsprop(**kw)
+    with jax.set_mesh(mesh):
+        state = jax.jit(opt.init)(params)
+        hlo = jax.jit(opt.update).lower(params, state, params).compile().as_text()
+    assert "fusion" in hlo  # we are looking at a real compiled program
+    assert not COLLECTIVES.search(hlo), COLLECTIVES.findall(hlo)[:5]
+
+
+def _per_device_bytes(tree):
+    return sum(x.addressable_shards[0].data.nbytes for x in jax.tree.leaves(tree))
+
+
+def test_shard_state_zero1_cuts_memory_and_changes_nothing():
+    mesh = _mesh(AxisType.Auto)
+    # Data parallel: parameters replicated over "data", one sharded over "model".
+    shapes = {"w": (64, 32), "b": (32,), "odd": (3, 5), "m": (16, 8)}
+    specs = {"w": P(), "b": P(), "odd": P(), "m": P(None, "model")}
+    rng = np.random.default_rng(0)
+    params0 = {
+        k: jax.device_put(
+            jnp.asarray(rng.normal(size=s), jnp.float32), NamedSharding(mesh, specs[k])
+        )
+        for k, s in shapes.items()
+    }
+    opt = rmsprop_jax.rmsprop(0.01, centered=True, momentum=0.9)
+    zero1 = rmsprop_jax.shard_state(opt.init(params0), mesh, "data")
+    assert zero1.nu["w"].spec == P("data", None)  # the largest dimension
+    assert zero1.nu["b"].spec == P("data")
+    assert zero1.nu["odd"].spec == P(None, None)  # 3 and 5: nothing 2 divides
+    assert zero1.nu["m"].spec == P("data", "model")
+    assert zero1.count.spec == P()
+    # From shapes alone (jax.eval_shape carries no shardings with Auto axes),
+    # every leaf counts as replicated: the same answer for the replicated ones.
+    from_shapes = rmsprop_jax.shard_state(jax.eval_shape(opt.init, params0), mesh, "data")
+    for name in ("w", "b", "odd"):
+        assert from_shapes.nu[name].spec == zero1.nu[name].spec
+
+    def step(params, state, x):
+        grads = jax.grad(lambda p: sum(jnp.sum(jnp.sin(v * x)) for v in jax.tree.leaves(p)))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    param_shardings = jax.tree.map(lambda p: p.sharding, params0)
+    plain = jax.jit(step)
+    sharded = jax.jit(step, out_shardings=(param_shardings, zero1))
+    a = (params0, opt.init(params0))
+    b = (params0, jax.jit(opt.init, out_shardings=zero1)(params0))
+    for i in range(5):
+        x = jnp.float32(0.3 + 0.1 * i)
+        a = plain(*a, x)
+        b = sharded(*b, x)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    # Per-device state memory falls by the size of the data axis (2) for every
+    # leaf that could be split; "odd" and the count stay whole.
+    full, zero = _per_device_bytes(a[1]), _per_device_bytes(b[1])
+    unsplittable = 3 * (3 * 5 * 4) + 4  # odd's nu, mu, trace and the int32 count
+    assert zero - unsplittable == (full - unsplittable) // 2
+    assert b[1].nu["w"].sharding.spec == P("data", None)
