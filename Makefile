@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test lint fuzz soak test-tensorflow clean
+.PHONY: help demo test lint fuzz soak bench test-tensorflow clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -12,6 +12,7 @@ help:
 	@echo "make lint             ruff (lint + format check) and mypy"
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (a few minutes)"
+	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
 
 $(BIN)/python:
@@ -35,6 +36,9 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/ruff check rmsprop_jax tests examples benchmarks
 	$(BIN)/ruff format --check rmsprop_jax tests examples benchmarks
 	$(BIN)/mypy
+
+bench: $(VENV)/.installed-bench+examples
+	$(BIN)/python benchmarks/bench.py
 
 soak: $(VENV)/.installed-test+examples
 	$(BIN)/python -m pytest -q -m soak tests/test_soak.py

@@ -2,20 +2,21 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['RMSpropState', '__version__', 'presets', 'rmsprop', 'scale_by_rms',
- 'shard_state', 'validate_state']
+['FactoredNu', 'RMSpropState', '__version__', 'presets', 'rmsprop',
+ 'scale_by_rms', 'shard_state', 'validate_state']
 """
 
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
-from rmsprop_jax._core import RMSpropState
+from rmsprop_jax._core import FactoredNu, RMSpropState
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FactoredNu",
     "RMSpropState",
     "__version__",
     "presets",

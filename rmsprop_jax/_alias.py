@@ -85,8 +85,9 @@ def rmsprop(
       stochastic_rounding: round narrow-dtype state stochastically (see
         :func:`scale_by_rms`).
       seed: seed of the stochastic rounding.
-      factored: not implemented yet.
-      min_dim_size_to_factor: smallest dimension that would be factored.
+      factored: factor the second moment of large matrices (see
+        :func:`scale_by_rms`).
+      min_dim_size_to_factor: the smallest size of both factored dimensions.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose state is a

@@ -9,6 +9,7 @@ the state is read and written once.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -30,6 +31,13 @@ class RMSpropState(NamedTuple):
     trace: optax.Updates | None  # momentum buffer; only with momentum.
 
 
+class FactoredNu(NamedTuple):
+    """A factored second moment: moving averages of |g|^2 over rows and columns."""
+
+    row: Array  # mean over the second factored axis, kept as a size-1 dimension
+    col: Array  # mean over the first factored axis, kept as a size-1 dimension
+
+
 @dataclasses.dataclass(frozen=True)
 class _Config:
     """Everything that decides the update. Numbers may be arrays or tracers."""
@@ -45,6 +53,8 @@ class _Config:
     mu_dtype: jnp.dtype | None
     stochastic_rounding: bool = False
     seed: Any = 0
+    factored: bool = False
+    min_dim_size_to_factor: int = 128
     # Everything below is unused by ``scale_by_rms`` (learning_rate=None).
     learning_rate: Any = None
     momentum: Any = None  # None: no momentum buffer.
@@ -103,6 +113,48 @@ def _merge(x: Array, dtype: jnp.dtype) -> Array:
 
 
 # --------------------------------------------------------------------------
+# Factored second moment (Adafactor, Shazeer & Stern 2018).
+
+
+def _factored_axes(cfg: _Config, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The two largest axes (in order) if both reach ``min_dim_size_to_factor``."""
+    if not cfg.factored or len(shape) < 2:
+        return None
+    a, b = sorted(sorted(range(len(shape)), key=lambda d: (shape[d], d))[-2:])
+    if min(shape[a], shape[b]) < max(2, cfg.min_dim_size_to_factor):
+        return None
+    return a, b
+
+
+def _is_factored(x: Any) -> bool:
+    """A factored second moment: a container of two arrays rather than an array.
+
+    Containers are not only :class:`FactoredNu`: ``flax.nnx.Optimizer`` turns
+    the state's NamedTuples into its own ``State`` mappings, so the factors are
+    told apart by their shapes, never by their order or container type."""
+    return not hasattr(x, "dtype")
+
+
+def _factors(nu: Any, axes: tuple[int, int]) -> tuple[Array, Array, Any]:
+    """(row, col, rebuild): rebuild(new_row, new_col) returns nu's own container."""
+    leaves, treedef = _flatten(nu)
+    first_is_row = leaves[0].shape[axes[1]] == 1 and leaves[0].shape[axes[0]] != 1
+    row, col = leaves if first_is_row else leaves[::-1]
+
+    def rebuild(new_row: Any, new_col: Any) -> Any:
+        return treedef.unflatten([new_row, new_col] if first_is_row else [new_col, new_row])
+
+    return row, col, rebuild
+
+
+def _reconstruct(row: Array, col: Array, a: int) -> Array:
+    """The full second moment from its factors: row * col / mean(row)."""
+    scale = jnp.mean(row, axis=a, keepdims=True)
+    ok = scale > 0
+    return jnp.where(ok, row * col / jnp.where(ok, scale, 1), 0)
+
+
+# --------------------------------------------------------------------------
 # Storing state in a narrow dtype.
 
 
@@ -118,23 +170,72 @@ def _stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
     gap = other.astype(x.dtype) - back  # same sign as err, or inf at the top of the range
     ok = (err != 0) & jnp.isfinite(gap) & (gap != 0)
     p = jnp.where(ok, err / jnp.where(ok, gap, 1), 0)
-    u = jax.random.uniform(key, jnp.shape(x), x.dtype)
-    return jnp.where(u < p, other, nearest)
+    return jnp.where(_uniform(key, jnp.shape(x), x.dtype) < p, other, nearest)
+
+
+def _uniform(key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
+    """Uniform [0, 1) numbers from a counter-based hash of (key, element index).
+
+    The murmur3 finaliser of the element's index mixed with a 32-bit key: a few
+    integer operations that XLA fuses into the step, where threefry
+    (``jax.random``) made a bfloat16 step 5.9x slower on CPU. Rounding needs
+    well-spread bits, not cryptographic ones; the result is deterministic."""
+    size = int(np.prod(shape))
+    if size == 0:
+        return jnp.zeros(shape, dtype)
+    x = jax.lax.iota(jnp.uint32, size).reshape(shape)
+    x = x * jnp.uint32(0x9E3779B1) + key
+    x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
+    x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
+    x = x ^ (x >> 16)
+    u = (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    return u.reshape(shape).astype(dtype)
+
+
+def _mix(*words: Any) -> Array:
+    """A 32-bit key from integers (seed, step, leaf, buffer), hashed in turn."""
+    h = jnp.uint32(0x811C9DC5)
+    for w in words:
+        h = (h ^ jnp.asarray(w).astype(jnp.uint32)) * jnp.uint32(0x01000193)
+        h = h ^ (h >> 15)
+    return h
+
+
+def _store_nu(new: Any, old: Any, key: Array | None) -> Any:
+    """Stores nu, or each factor of a factored nu, in the old storage dtypes."""
+    if not _is_factored(new):
+        return _store(new, old.dtype, key)
+    new_leaves, treedef = _flatten(new)
+    old_leaves = jax.tree.leaves(old)
+    keys = [None if key is None else _mix(key, i) for i in range(len(new_leaves))]
+    return treedef.unflatten(
+        [_store(x, o.dtype, k) for x, o, k in zip(new_leaves, old_leaves, keys, strict=True)]
+    )
+
+
+def _saturate_to(x: Array, largest: Array) -> Array:
+    """Clips real ``x`` to [-largest, largest] (NaN stays NaN; complex untouched)."""
+    if jnp.iscomplexobj(x):
+        return x
+    return jnp.minimum(jnp.maximum(x, -largest), largest)
 
 
 def _saturate(x: Array, dtype: jnp.dtype) -> Array:
-    """Clips real ``x`` to the finite range of ``dtype`` (NaN stays NaN)."""
-    if jnp.iscomplexobj(x):
-        return x
-    largest = float(jnp.finfo(dtype).max)
-    return jnp.clip(x, -largest, largest)
+    """Clips real ``x`` to the finite range of ``dtype``."""
+    return _saturate_to(x, jnp.asarray(jnp.finfo(_real_dtype(jnp.dtype(dtype))).max, x.dtype))
 
 
-def _store(x: Array, dtype: jnp.dtype, key: Array | None) -> Array:
-    """Casts a new state value to its storage dtype (stochastically if asked)."""
+def _store(x: Array, dtype: jnp.dtype, key: Array | None, saturate: bool = False) -> Array:
+    """Casts a new state value to its storage dtype (stochastically if asked).
+
+    With ``saturate``, a value beyond a *narrower* storage dtype's range is
+    stored as its largest finite value (only then: at full precision nothing
+    is added to the step)."""
+    if saturate and jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
+        x = _saturate(x, dtype)
     if key is not None and jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
         if jnp.iscomplexobj(x):
-            k_re, k_im = jax.random.split(key)
+            k_re, k_im = _mix(key, 1), _mix(key, 2)
             real = _real_dtype(jnp.dtype(dtype))
             return jax.lax.complex(
                 _stochastic_round(jnp.real(x), real, k_re),
@@ -162,7 +263,7 @@ def _abs_sq(x: Array) -> Array:
     return x * x
 
 
-def _init_leaf(cfg: _Config, p: Array) -> tuple[Array, Array | None, Array | None]:
+def _init_leaf(cfg: _Config, p: Array) -> tuple[Any, Array | None, Array | None]:
     # State is made *like* the parameter (``full_like``), so it inherits the
     # parameter's sharding, eagerly and under jit alike.
     p = jnp.asarray(p)
@@ -175,24 +276,81 @@ def _init_leaf(cfg: _Config, p: Array) -> tuple[Array, Array | None, Array | Non
     mu_dtype = cfg.mu_dtype or real
     if complex_state:
         mu_dtype = _to_complex(mu_dtype)
-    nu = jnp.full_like(p, cfg.initial_scale, dtype=nu_dtype)
+    axes = _factored_axes(cfg, jnp.shape(p))
+    nu: Any
+    if axes is None:
+        nu = jnp.full_like(p, cfg.initial_scale, dtype=nu_dtype)
+    else:
+        a, b = axes
+        first_of = lambda axis: jax.lax.index_in_dim(p, 0, axis, keepdims=True)
+        nu = FactoredNu(
+            row=jnp.full_like(first_of(b), cfg.initial_scale, dtype=nu_dtype),
+            col=jnp.full_like(first_of(a), cfg.initial_scale, dtype=nu_dtype),
+        )
     mu = jnp.zeros_like(p, dtype=mu_dtype) if cfg.centered else None
     trace = jnp.zeros_like(p, dtype=mu_dtype) if cfg.momentum is not None else None
     return nu, mu, trace
+
+
+def _eps_keeps_d_positive(eps: Any, real: jnp.dtype) -> bool:
+    """True when eps alone keeps the denominator positive: a concrete eps at
+    least the dtype's smallest normal number (XLA flushes subnormals to zero).
+    Then the guard against 0/0 is left out of the program (smaller, faster to
+    compile)."""
+    if isinstance(eps, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(eps, np.float64) >= float(jnp.finfo(real).tiny)))
+
+
+class _Scalars(NamedTuple):
+    """The step's scalar hyperparameters in one dtype, made once per step and
+    dtype rather than once per leaf (a 2000-leaf tree compiled 2x slower)."""
+
+    decay: Array
+    one_minus_decay: Array
+    eps: Array
+    lr: Array | None
+    momentum: Array | None
+    correction: Array | None
+    s_max: Array
+
+
+def _scalars(cfg: _Config, real: jnp.dtype, lr: Any, t: Array) -> _Scalars:
+    decay = jnp.asarray(cfg.decay, real)
+    lr_r = None if cfg.learning_rate is None else jnp.asarray(lr, real)
+    m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
+    # s = g / d can be astronomically large (g / eps with a zero variance). It
+    # is bounded so that lr * s and the momentum buffer (which grows to
+    # lr * s / (1 - m)) stay finite: 0 * inf would be NaN. Bounding s once is
+    # free; clamping the stored buffer instead made XLA copy and re-read the
+    # state (a 5x slower step).
+    s_max = jnp.asarray(jnp.finfo(real).max, real)
+    if m is not None:
+        s_max = s_max * (1 - m)
+    if lr_r is not None:
+        s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
+    return _Scalars(
+        decay=decay,
+        one_minus_decay=_one_minus(cfg.decay, real),
+        eps=jnp.asarray(cfg.eps, real),
+        lr=lr_r,
+        momentum=m,
+        correction=1 - decay ** t.astype(real) if cfg.bias_correction else None,
+        s_max=s_max,
+    )
 
 
 def _leaf_step(
     cfg: _Config,
     g: Array,
     p: Array | None,
-    nu: Array,
+    nu: Any,
     mu: Array | None,
     trace: Array | None,
-    lr: Any,
+    scalars: Callable[[jnp.dtype], _Scalars],
     wd: Any,
-    t: Array,
     key: Array | None,
-) -> tuple[Array, Array, Array | None, Array | None]:
+) -> tuple[Array, Any, Array | None, Array | None]:
     """One RMSprop step for one leaf; returns (update, nu, mu, trace).
 
     ``key`` is None unless the state is rounded stochastically."""
@@ -202,11 +360,13 @@ def _leaf_step(
         g = _split(g)
         p = None if p is None else _split(p)
     # Compute in the state's precision: at least float32, float64 stays float64.
+    stored = [*jax.tree.leaves(nu), mu, trace]
     real = _widest(
         _default_real_dtype(jnp.result_type(g)),
-        *(_real_dtype(s.dtype) for s in (nu, mu, trace) if s is not None),
+        *(_real_dtype(s.dtype) for s in stored if s is not None),
     )
     work = _to_complex(real) if jnp.iscomplexobj(g) else real
+    sc = scalars(real)
 
     g = g.astype(work)
     if cfg.maximize:
@@ -215,48 +375,69 @@ def _leaf_step(
         assert p is not None
         g = g + jnp.asarray(wd, real).astype(work) * p.astype(work)
 
-    decay = jnp.asarray(cfg.decay, real)
-    one_minus_decay = _one_minus(cfg.decay, real)
-    new_nu = one_minus_decay * _abs_sq(g) + decay * nu.astype(real)
+    decay, one_minus_decay = sc.decay, sc.one_minus_decay
+    g2 = _abs_sq(g)
+    axes = _factored_axes(cfg, g.shape) if _is_factored(nu) else None
+    if axes is not None:
+        a, b = axes
+        row, col, rebuild = _factors(nu, axes)
+        new_nu: Any = rebuild(
+            one_minus_decay * jnp.mean(g2, axis=b, keepdims=True) + decay * row.astype(real),
+            one_minus_decay * jnp.mean(g2, axis=a, keepdims=True) + decay * col.astype(real),
+        )
+    else:
+        new_nu = one_minus_decay * g2 + decay * nu.astype(real)
     new_mu = None
     if cfg.centered:
         assert mu is not None
         new_mu = one_minus_decay.astype(work) * g + decay.astype(work) * mu.astype(work)
 
-    nu_hat, mu_hat = new_nu, new_mu
-    if cfg.bias_correction:
-        correction = 1 - decay ** t.astype(real)
-        nu_hat = new_nu / correction
-        mu_hat = None if new_mu is None else new_mu / correction.astype(work)
+    correction = sc.correction
+    if axes is not None:
+        row, col, _ = _factors(new_nu, axes)
+        if correction is not None:
+            row, col = row / correction, col / correction
+        nu_hat = _reconstruct(row, col, axes[0])
+    else:
+        nu_hat = new_nu if correction is None else new_nu / correction
+    mu_hat = new_mu
+    if correction is not None and new_mu is not None:
+        mu_hat = new_mu / correction.astype(work)
     v = nu_hat
     if cfg.centered:
         assert mu_hat is not None
         # The variance can round below zero; clamp so the root stays real.
         v = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
 
-    eps = jnp.asarray(cfg.eps, real)
+    eps = sc.eps
     d = jnp.sqrt(v + eps) if cfg.eps_in_sqrt else jnp.sqrt(v) + eps
     # d == 0 only when eps == 0 and v == 0: the step is then 0, not 0/0. The
     # inner `where` keeps the discarded branch finite so gradients stay finite.
-    positive = d > 0
-    s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
+    if _eps_keeps_d_positive(cfg.eps, real):
+        s = g / d.astype(work)
+    else:
+        positive = d > 0
+        s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
+
+    s = _saturate_to(s, sc.s_max)  # see _scalars
 
     new_trace = None
     if cfg.learning_rate is None:  # scale_by_rms: the learning-rate-free s.
         update = s
     else:
-        lr = jnp.asarray(lr, real).astype(work)
+        assert sc.lr is not None
+        lr = sc.lr.astype(work)
         if cfg.momentum is None:
             step = lr * s
         else:
-            m = jnp.asarray(cfg.momentum, real).astype(work)
-            assert trace is not None
-            b = trace.astype(work)
+            assert sc.momentum is not None and trace is not None
+            m = sc.momentum.astype(work)
+            buf = trace.astype(work)
             if cfg.lr_in_momentum:
-                new_trace = m * b + lr * s
+                new_trace = m * buf + lr * s
                 step = lr * s + m * new_trace if cfg.nesterov else new_trace
             else:
-                new_trace = m * b + s
+                new_trace = m * buf + s
                 step = lr * (s + m * new_trace) if cfg.nesterov else lr * new_trace
         update = -step
         if wd is not None and cfg.weight_decay_mode == "decoupled":
@@ -269,18 +450,17 @@ def _leaf_step(
     update = _merge(update, out_dtype) if split else _saturate(update, out_dtype)
     keys: list[Array | None] = [None, None, None]
     if key is not None:
-        keys = list(jax.random.split(key, 3))
+        keys = [_mix(key, i) for i in range(3)]
     return (
         update.astype(out_dtype),
-        _store(new_nu, nu.dtype, keys[0]),
+        _store_nu(new_nu, nu, keys[0]),
         # nu is not saturated: a square beyond its range is +inf, which makes
-        # that coordinate's step 0 (documented); mu and the buffer saturate.
-        None
-        if new_mu is None or mu is None
-        else _store(_saturate(new_mu, mu.dtype), mu.dtype, keys[1]),
+        # that coordinate's step 0 (documented). mu averages g, so it stays in
+        # range; the buffer is bounded through s above.
+        None if new_mu is None or mu is None else _store(new_mu, mu.dtype, keys[1], True),
         None
         if new_trace is None or trace is None
-        else _store(_saturate(new_trace, trace.dtype), trace.dtype, keys[2]),
+        else _store(new_trace, trace.dtype, keys[2], True),
     )
 
 
@@ -332,14 +512,15 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
     ) -> tuple[optax.Updates, RMSpropState]:
         del extra_args
         g_leaves, treedef = _flatten(updates)
-        state_def: Any = jax.tree.structure(state.nu)
-        if treedef != state_def:
+        try:  # where nu is factored, the state has two arrays for one gradient
+            nu_leaves = treedef.flatten_up_to(state.nu)
+        except (ValueError, TypeError):
             raise ValueError(
                 "The gradient tree does not match the optimizer state: the "
                 f"gradients have structure {treedef}, but the state was "
-                f"initialised for {state_def}. Call `init` with parameters "
-                "shaped like the gradients."
-            )
+                f"initialised for {jax.tree.structure(state.nu)}. Call `init` with "
+                "parameters shaped like the gradients."
+            ) from None
         n = treedef.num_leaves
         wd = cfg.weight_decay
         if wd is not None and n:
@@ -352,7 +533,6 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
             mask = _mask_leaves(cfg, params, treedef)
         else:
             p_leaves, mask = [None] * n, [False] * n
-        nu_leaves = treedef.flatten_up_to(state.nu)
         mu_leaves = treedef.flatten_up_to(state.mu) if cfg.centered else [None] * n
         tr_leaves = treedef.flatten_up_to(state.trace) if cfg.momentum is not None else [None] * n
 
@@ -362,10 +542,16 @@ def build(cfg: _Config) -> optax.GradientTransformationExtraArgs:
         keys: list[Array | None] = [None] * n
         if cfg.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
-            step_key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), state.count)
-            keys = [jax.random.fold_in(step_key, i) for i in range(n)]
+            keys = [_mix(cfg.seed, state.count, i) for i in range(n)]
+        cache: dict[Any, _Scalars] = {}
+
+        def scalars(real: jnp.dtype) -> _Scalars:
+            if real not in cache:
+                cache[real] = _scalars(cfg, real, lr, t)
+            return cache[real]
+
         results = [
-            _leaf_step(cfg, g, p, nu, mu, tr, lr, _leaf_weight_decay(wd_t, m), t, k)
+            _leaf_step(cfg, g, p, nu, mu, tr, scalars, _leaf_weight_decay(wd_t, m), k)
             for g, p, nu, mu, tr, m, k in zip(
                 g_leaves, p_leaves, nu_leaves, mu_leaves, tr_leaves, mask, keys, strict=True
             )

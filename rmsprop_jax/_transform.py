@@ -41,10 +41,6 @@ def _check_moment_args(
     v.static_int("min_dim_size_to_factor", min_dim_size_to_factor, needed=factored, minimum=1)
     if not isinstance(seed, jax.Array):  # a traced or array seed feeds a PRNG key as is
         v.static_int("seed", seed, needed=False, minimum=0)
-    if factored:
-        raise NotImplementedError(
-            "`factored=True` is not implemented yet; use the full second moment (the default)."
-        )
     return dict(
         decay=decay,
         eps=eps,
@@ -57,6 +53,8 @@ def _check_moment_args(
         mu_dtype=v.check_float_dtype("mu_dtype", mu_dtype),
         stochastic_rounding=stochastic_rounding,
         seed=seed,
+        factored=factored,
+        min_dim_size_to_factor=int(min_dim_size_to_factor) if factored else 128,
     )
 
 
@@ -113,8 +111,13 @@ def scale_by_rms(
         effect on state kept at full precision.
       seed: seed of the stochastic rounding; with the step count and the leaf
         it fixes every random choice, so runs are reproducible.
-      factored: not implemented yet (raises NotImplementedError).
-      min_dim_size_to_factor: smallest dimension that would be factored.
+      factored: for every leaf whose two largest dimensions are both at least
+        ``min_dim_size_to_factor``, keep moving averages of :math:`|g|^2`
+        over its rows and its columns instead of the full :math:`\nu`, and
+        use their outer product divided by their mean (Adafactor). State
+        memory for such a leaf is O(rows + cols); other leaves keep the full
+        :math:`\nu`.
+      min_dim_size_to_factor: the smallest size of both factored dimensions.
 
     Returns:
       An :class:`optax.GradientTransformationExtraArgs` whose state is a

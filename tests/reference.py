@@ -33,6 +33,8 @@ class Reference:
         weight_decay_mask=None,
         maximize=False,
         split_complex=False,
+        factored=False,
+        min_dim_size_to_factor=128,
     ):
         self.lr = learning_rate if callable(learning_rate) else (lambda t: learning_rate)
         self.wd = weight_decay if callable(weight_decay) else (lambda t: weight_decay)
@@ -46,6 +48,15 @@ class Reference:
         self.nesterov, self.lr_in_momentum = nesterov, lr_in_momentum
         self.wd_mode, self.mask = weight_decay_mode, weight_decay_mask
         self.maximize, self.split_complex = maximize, split_complex
+        self.factored, self.min_dim = factored, min_dim_size_to_factor
+
+    def _axes(self, shape):
+        """Adafactor: the two largest axes (ties to the later one), both >= min_dim."""
+        if not self.factored or len(shape) < 2:
+            return None
+        order = sorted(range(len(shape)), key=lambda d: (shape[d], d))
+        a, b = sorted(order[-2:])
+        return (a, b) if min(shape[a], shape[b]) >= self.min_dim else None
 
     def init(self, params: list[np.ndarray]):
         self.t = 0
@@ -54,13 +65,16 @@ class Reference:
             shape = (*p.shape, 2) if self.split_complex and np.iscomplexobj(p) else p.shape
             cplx = np.iscomplexobj(p) and not self.split_complex
             mdt = np.complex128 if cplx else np.float64
-            self.state.append(
-                dict(
-                    nu=np.full(shape, self.initial_scale, np.float64),
-                    mu=np.zeros(shape, mdt),
-                    b=np.zeros(shape, mdt),
-                )
+            st = dict(
+                nu=np.full(shape, self.initial_scale, np.float64),
+                mu=np.zeros(shape, mdt),
+                b=np.zeros(shape, mdt),
             )
+            axes = self._axes(shape)
+            if axes:  # row: averaged over axis b; col: averaged over axis a
+                st["row"] = np.full(np.mean(st["nu"], axis=axes[1]).shape, self.initial_scale)
+                st["col"] = np.full(np.mean(st["nu"], axis=axes[0]).shape, self.initial_scale)
+            self.state.append(st)
 
     def step(self, grads: list[np.ndarray], params: list[np.ndarray]) -> list[np.ndarray]:
         # A schedule is the user's JAX function of the int32 step count (its
@@ -87,10 +101,21 @@ class Reference:
                 g = -g
             if self.wd_mode == "coupled":
                 g = g + wd_leaf * p
-            st["nu"] = rho * st["nu"] + (1 - rho) * _abs_sq(g)
             st["mu"] = rho * st["mu"] + (1 - rho) * g
             corr = (1 - rho**t) if self.bias_correction else 1.0
-            nu_hat, mu_hat = st["nu"] / corr, st["mu"] / corr
+            axes = self._axes(g.shape)
+            if axes:
+                a, b = axes
+                st["row"] = rho * st["row"] + (1 - rho) * np.mean(_abs_sq(g), axis=b)
+                st["col"] = rho * st["col"] + (1 - rho) * np.mean(_abs_sq(g), axis=a)
+                r = np.expand_dims(st["row"] / corr, b)
+                c = np.expand_dims(st["col"] / corr, a)
+                scale = np.mean(r, axis=a, keepdims=True)
+                nu_hat = np.where(scale > 0, r * c / np.where(scale > 0, scale, 1), 0)
+            else:
+                st["nu"] = rho * st["nu"] + (1 - rho) * _abs_sq(g)
+                nu_hat = st["nu"] / corr
+            mu_hat = st["mu"] / corr
             v = np.maximum(nu_hat - _abs_sq(mu_hat), 0) if self.centered else nu_hat
             d = np.sqrt(v + self.eps) if self.eps_in_sqrt else np.sqrt(v) + self.eps
             s = np.where(d > 0, g / np.where(d > 0, d, 1), 0)

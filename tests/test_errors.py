@@ -64,12 +64,6 @@ def test_scale_by_rms_checks_too(kwargs, name):
         rmsprop_jax.scale_by_rms(**kwargs)
 
 
-@pytest.mark.parametrize("flag", ["factored"])
-def test_unimplemented_options_say_so(flag):
-    with pytest.raises(NotImplementedError, match=flag):
-        rmsprop_jax.rmsprop(0.1, **{flag: True})
-
-
 def test_tracers_and_arrays_pass():
     # Valid jax arrays are accepted; tracers cannot be read and pass unchecked.
     rmsprop_jax.rmsprop(jnp.asarray(0.1), decay=jnp.asarray(0.9), momentum=jnp.asarray(0.5))
