@@ -121,7 +121,7 @@ def interleaved_medians(runners: dict, reps: int) -> dict:
     times: dict[str, list[float]] = {name: [] for name in runners}
     names = list(runners)
     for r in range(reps):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             runners[name](inner[name])
             times[name].append((time.perf_counter() - t0) / inner[name])
@@ -173,9 +173,12 @@ def main(argv=None):
     tree_list = {"ResNet-50": trees.resnet50(), "2000 small leaves": trees.small_leaves()}
     if not args.quick:
         tree_list["GPT-2 small"] = trees.gpt2_small()
-    results = {"machine": f"{platform.processor() or platform.machine()}, "
-               f"{torch.get_num_threads()} torch threads, jax {jax.__version__} "
-               f"on {jax.devices()[0].platform}", "rows": []}
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads, jax {jax.__version__} "
+        f"on {jax.devices()[0].platform}",
+        "rows": [],
+    }
     bw_run, bw_bytes = bandwidth_stepper()
 
     for tree_name, shapes in tree_list.items():
@@ -195,27 +198,36 @@ def main(argv=None):
             floor = cfg["arrays"] * 4 * n / bandwidth
             best_torch = min(med["torch foreach=False"], med["torch foreach=True"])
             row = {
-                "tree": tree_name, "params": n, "leaves": len(shapes), "config": cfg_name,
+                "tree": tree_name,
+                "params": n,
+                "leaves": len(shapes),
+                "config": cfg_name,
                 **{f"{k} ms": 1e3 * v for k, v in med.items()},
-                "floor ms": 1e3 * floor, "bandwidth GB/s": bandwidth / 1e9,
+                "floor ms": 1e3 * floor,
+                "bandwidth GB/s": bandwidth / 1e9,
                 "vs optax": med["rmsprop_jax"] / med["optax"],
                 "torch / ours": best_torch / med["rmsprop_jax"],
                 "vs floor": med["rmsprop_jax"] / floor,
             }
             results["rows"].append(row)
-            print(f"{tree_name:<18}{cfg_name:<19} ours {row['rmsprop_jax ms']:9.3f} ms  "
-                  f"optax {row['optax ms']:9.3f}  torch {1e3 * best_torch:9.3f}  "
-                  f"floor {row['floor ms']:9.3f}  | vs optax {row['vs optax']:.2f}  "
-                  f"torch/ours {row['torch / ours']:.2f}  vs floor {row['vs floor']:.2f}",
-                  flush=True)
+            print(
+                f"{tree_name:<18}{cfg_name:<19} ours {row['rmsprop_jax ms']:9.3f} ms  "
+                f"optax {row['optax ms']:9.3f}  torch {1e3 * best_torch:9.3f}  "
+                f"floor {row['floor ms']:9.3f}  | vs optax {row['vs optax']:.2f}  "
+                f"torch/ours {row['torch / ours']:.2f}  vs floor {row['vs floor']:.2f}",
+                flush=True,
+            )
             del runners
 
     small = make_params(trees.small_leaves())
     ours_c = compile_time(lambda: rmsprop_jax.rmsprop(1e-3, centered=True, momentum=0.9), small)
     optax_c = compile_time(lambda: optax.rmsprop(1e-3, centered=True, momentum=0.9), small)
     results["compile"] = {"rmsprop_jax s": ours_c, "optax s": optax_c, "ratio": ours_c / optax_c}
-    print(f"trace+compile, 2000 leaves, centered+momentum: ours {ours_c:.2f} s, optax "
-          f"{optax_c:.2f} s, ratio {ours_c / optax_c:.2f}", flush=True)
+    print(
+        f"trace+compile, 2000 leaves, centered+momentum: ours {ours_c:.2f} s, optax "
+        f"{optax_c:.2f} s, ratio {ours_c / optax_c:.2f}",
+        flush=True,
+    )
 
     # Lighter state, on the ResNet-50 tree (plain configuration + momentum).
     shapes = trees.resnet50()
@@ -225,8 +237,9 @@ def main(argv=None):
     variants = {
         "float32 state": dict(),
         "bfloat16 state": dict(nu_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16),
-        "bfloat16 + stochastic rounding": dict(nu_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16,
-                                               stochastic_rounding=True),
+        "bfloat16 + stochastic rounding": dict(
+            nu_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16, stochastic_rounding=True
+        ),
         "factored": dict(factored=True),
         "factored + bfloat16 momentum": dict(factored=True, mu_dtype=jnp.bfloat16),
     }
@@ -239,8 +252,11 @@ def main(argv=None):
     for row in light:
         row["step ms"] = 1e3 * med[row["variant"]]
         row["time vs float32"] = med[row["variant"]] / med["float32 state"]
-        print(f"{row['variant']:<32} state {row['state bytes / param']:.3f} B/param, "
-              f"step {row['step ms']:.2f} ms ({row['time vs float32']:.2f}x)", flush=True)
+        print(
+            f"{row['variant']:<32} state {row['state bytes / param']:.3f} B/param, "
+            f"step {row['step ms']:.2f} ms ({row['time vs float32']:.2f}x)",
+            flush=True,
+        )
     results["light_state"] = light
     results["slow_average_error"] = {
         "float32": slow_average_error(None, False),
@@ -255,11 +271,16 @@ def main(argv=None):
 
     data = demo.load_data()
     acc = {}
-    for name, kw in {"full": {}, "factored": dict(factored=True, min_dim_size_to_factor=32)}.items():
+    for name, kw in {
+        "full": {},
+        "factored": dict(factored=True, min_dim_size_to_factor=32),
+    }.items():
         r = demo.train_classifier(f"RMSprop {name}", rmsprop_jax.rmsprop(3e-3, **kw), data, 1500)
         acc[name] = r["test_accuracy"]
     results["factored_demo_accuracy"] = acc
-    print(f"digits classifier test accuracy: full {acc['full']:.4f}, factored {acc['factored']:.4f}")
+    print(
+        f"digits classifier test accuracy: full {acc['full']:.4f}, factored {acc['factored']:.4f}"
+    )
 
     write_report(results, out)
     plot(results, HERE.parent / "docs" / "bench.png")
@@ -267,29 +288,43 @@ def main(argv=None):
 
 
 def write_report(results, out):
-    lines = [f"Machine: {results['machine']}", "",
-             "| tree | params | config | rmsprop_jax ms | optax ms | torch foreach=False ms | "
-             "torch foreach=True ms | floor ms | ours/optax | best torch/ours | ours/floor |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Machine: {results['machine']}",
+        "",
+        "| tree | params | config | rmsprop_jax ms | optax ms | torch foreach=False ms | "
+        "torch foreach=True ms | floor ms | ours/optax | best torch/ours | ours/floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results["rows"]:
         lines.append(
             f"| {r['tree']} | {r['params']:,} | {r['config']} | {r['rmsprop_jax ms']:.2f} | "
             f"{r['optax ms']:.2f} | {r['torch foreach=False ms']:.2f} | "
             f"{r['torch foreach=True ms']:.2f} | {r['floor ms']:.2f} | {r['vs optax']:.2f} | "
-            f"{r['torch / ours']:.2f} | {r['vs floor']:.2f} |")
+            f"{r['torch / ours']:.2f} | {r['vs floor']:.2f} |"
+        )
     c = results["compile"]
-    lines += ["", f"Trace+compile, 2000 leaves: rmsprop_jax {c['rmsprop_jax s']:.2f} s, optax "
-              f"{c['optax s']:.2f} s (ratio {c['ratio']:.2f}).", "",
-              "| state (ResNet-50, momentum) | bytes / param | step ms | time vs float32 |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Trace+compile, 2000 leaves: rmsprop_jax {c['rmsprop_jax s']:.2f} s, optax "
+        f"{c['optax s']:.2f} s (ratio {c['ratio']:.2f}).",
+        "",
+        "| state (ResNet-50, momentum) | bytes / param | step ms | time vs float32 |",
+        "|---|---|---|---|",
+    ]
     for r in results["light_state"]:
-        lines.append(f"| {r['variant']} | {r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
-                     f"{r['time vs float32']:.2f} |")
+        lines.append(
+            f"| {r['variant']} | {r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
+            f"{r['time vs float32']:.2f} |"
+        )
     e = results["slow_average_error"]
     a = results["factored_demo_accuracy"]
-    lines += ["", "Mean |nu - exact| after 3000 steps of decay 0.999: "
-              + ", ".join(f"{k} {v:.4f}" for k, v in e.items()) + ".",
-              f"Digits classifier test accuracy: full {a['full']:.4f}, factored {a['factored']:.4f}."]
+    lines += [
+        "",
+        "Mean |nu - exact| after 3000 steps of decay 0.999: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in e.items())
+        + ".",
+        f"Digits classifier test accuracy: full {a['full']:.4f}, factored {a['factored']:.4f}.",
+    ]
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
@@ -305,10 +340,13 @@ def plot(results, path):
     for ax, cfg in zip(axes, CONFIGS):
         rows = sorted((r for r in results["rows"] if r["config"] == cfg), key=lambda r: r["params"])
         x = [r["params"] for r in rows]
-        for key, label in [("rmsprop_jax ms", "rmsprop_jax"), ("optax ms", "optax.rmsprop"),
-                           ("torch foreach=False ms", "torch foreach=False"),
-                           ("torch foreach=True ms", "torch foreach=True"),
-                           ("floor ms", "bandwidth floor")]:
+        for key, label in [
+            ("rmsprop_jax ms", "rmsprop_jax"),
+            ("optax ms", "optax.rmsprop"),
+            ("torch foreach=False ms", "torch foreach=False"),
+            ("torch foreach=True ms", "torch foreach=True"),
+            ("floor ms", "bandwidth floor"),
+        ]:
             ax.plot(x, [r[key] for r in rows], "o-" if "floor" not in key else "k--", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -36,14 +36,22 @@ def gpt2_small() -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"wte": (vocab, d), "wpe": (ctx, d)}
     for layer in range(12):
         p = f"h{layer}"
-        shapes.update({
-            f"{p}/ln1/g": (d,), f"{p}/ln1/b": (d,),
-            f"{p}/attn/c_attn/w": (d, 3 * d), f"{p}/attn/c_attn/b": (3 * d,),
-            f"{p}/attn/c_proj/w": (d, d), f"{p}/attn/c_proj/b": (d,),
-            f"{p}/ln2/g": (d,), f"{p}/ln2/b": (d,),
-            f"{p}/mlp/c_fc/w": (d, 4 * d), f"{p}/mlp/c_fc/b": (4 * d,),
-            f"{p}/mlp/c_proj/w": (4 * d, d), f"{p}/mlp/c_proj/b": (d,),
-        })
+        shapes.update(
+            {
+                f"{p}/ln1/g": (d,),
+                f"{p}/ln1/b": (d,),
+                f"{p}/attn/c_attn/w": (d, 3 * d),
+                f"{p}/attn/c_attn/b": (3 * d,),
+                f"{p}/attn/c_proj/w": (d, d),
+                f"{p}/attn/c_proj/b": (d,),
+                f"{p}/ln2/g": (d,),
+                f"{p}/ln2/b": (d,),
+                f"{p}/mlp/c_fc/w": (d, 4 * d),
+                f"{p}/mlp/c_fc/b": (4 * d,),
+                f"{p}/mlp/c_proj/w": (4 * d, d),
+                f"{p}/mlp/c_proj/b": (d,),
+            }
+        )
     shapes["ln_f/g"] = (d,)
     shapes["ln_f/b"] = (d,)
     return shapes

@@ -58,12 +58,21 @@ CONFIGS = {
     # min_dim 2 factors the test tree's matrices and its (2, 2, 3) kernel.
     "factored": dict(learning_rate=0.01, factored=True, min_dim_size_to_factor=2),
     "factored_centered_momentum_bias": dict(
-        learning_rate=SCHEDULE, factored=True, min_dim_size_to_factor=2, centered=True,
-        momentum=0.9, bias_correction=True, decay=0.99,
+        learning_rate=SCHEDULE,
+        factored=True,
+        min_dim_size_to_factor=2,
+        centered=True,
+        momentum=0.9,
+        bias_correction=True,
+        decay=0.99,
     ),
     "factored_initial_scale_coupled": dict(
-        learning_rate=0.01, factored=True, min_dim_size_to_factor=3, initial_scale=1.0,
-        weight_decay=0.1, weight_decay_mode="coupled",
+        learning_rate=0.01,
+        factored=True,
+        min_dim_size_to_factor=3,
+        initial_scale=1.0,
+        weight_decay=0.1,
+        weight_decay_mode="coupled",
     ),
     "decay_zero": dict(learning_rate=0.01, decay=0.0),
 }

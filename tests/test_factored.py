@@ -11,13 +11,15 @@ import numpy as np
 import rmsprop_jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-import trees  # noqa: E402
+import trees
 
 
 def _state_bytes(opt, shapes):
     params = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
     state = jax.eval_shape(opt.init, params)
-    return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((state.nu, state.mu, state.trace)))
+    return sum(
+        x.size * x.dtype.itemsize for x in jax.tree.leaves((state.nu, state.mu, state.trace))
+    )
 
 
 def test_resnet50_state_is_under_2_5_percent_of_the_parameters():
@@ -30,8 +32,13 @@ def test_resnet50_state_is_under_2_5_percent_of_the_parameters():
 
 
 def test_which_leaves_are_factored():
-    params = {"big": jnp.ones((128, 256)), "small": jnp.ones((64, 256)), "vec": jnp.ones(512),
-              "conv": jnp.ones((3, 3, 256, 128)), "tall": jnp.ones((1000, 2, 130))}
+    params = {
+        "big": jnp.ones((128, 256)),
+        "small": jnp.ones((64, 256)),
+        "vec": jnp.ones(512),
+        "conv": jnp.ones((3, 3, 256, 128)),
+        "tall": jnp.ones((1000, 2, 130)),
+    }
     state = rmsprop_jax.rmsprop(0.1, factored=True).init(params)
     nu = state.nu
     assert isinstance(nu["big"], rmsprop_jax.FactoredNu)
