@@ -214,9 +214,13 @@ def _store_nu(new: Any, old: Any, key: Array | None) -> Any:
 
 
 def _saturate_to(x: Array, largest: Array) -> Array:
-    """Clips real ``x`` to [-largest, largest] (NaN stays NaN; complex untouched)."""
+    """Clips ``x`` to [-largest, largest], real and imaginary parts separately
+    for complex ``x`` (NaN stays NaN)."""
     if jnp.iscomplexobj(x):
-        return x
+        largest = jnp.real(largest) if jnp.iscomplexobj(largest) else largest
+        return jax.lax.complex(
+            _saturate_to(jnp.real(x), largest), _saturate_to(jnp.imag(x), largest)
+        )
     return jnp.minimum(jnp.maximum(x, -largest), largest)
 
 
@@ -407,7 +411,9 @@ def _leaf_step(
     if cfg.centered:
         assert mu_hat is not None
         # The variance can round below zero; clamp so the root stays real.
-        v = jnp.maximum(nu_hat - _abs_sq(mu_hat), 0)
+        # Where a square overflowed (nu = inf, and then mu^2 = inf too), keep
+        # v = inf, so the step is 0 as documented, rather than inf - inf = NaN.
+        v = jnp.where(nu_hat < jnp.inf, jnp.maximum(nu_hat - _abs_sq(mu_hat), 0), nu_hat)
 
     eps = sc.eps
     d = jnp.sqrt(v + eps) if cfg.eps_in_sqrt else jnp.sqrt(v) + eps
