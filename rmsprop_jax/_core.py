@@ -1,9 +1,10 @@
 """The one implementation of RMSprop that every public function configures.
 
 ``scale_by_rms``, ``rmsprop`` and every preset build a :class:`_Config` and
-call :func:`build`. The whole step for one leaf happens in
-:func:`_leaf_step`, so XLA sees one fused elementwise program per leaf and
-the state is read and written once.
+call :func:`build`. The whole step for one leaf is written in
+:func:`_leaf_step` as one elementwise expression, left to XLA to fuse. (On
+CPU, XLA makes one loop per output, so the gradient is read more than once;
+see the README's performance section.)
 """
 
 from __future__ import annotations
@@ -188,8 +189,7 @@ def _uniform(key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
     x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
     x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
     x = x ^ (x >> 16)
-    u = (x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-    return u.reshape(shape).astype(dtype)
+    return ((x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)).astype(dtype)
 
 
 def _mix(*words: Any) -> Array:
@@ -225,7 +225,7 @@ def _saturate_to(x: Array, largest: Array) -> Array:
 
 
 def _saturate(x: Array, dtype: jnp.dtype) -> Array:
-    """Clips real ``x`` to the finite range of ``dtype``."""
+    """Clips ``x`` to the finite range of ``dtype``."""
     return _saturate_to(x, jnp.asarray(jnp.finfo(_real_dtype(jnp.dtype(dtype))).max, x.dtype))
 
 
@@ -235,9 +235,10 @@ def _store(x: Array, dtype: jnp.dtype, key: Array | None, saturate: bool = False
     With ``saturate``, a value beyond a *narrower* storage dtype's range is
     stored as its largest finite value (only then: at full precision nothing
     is added to the step)."""
-    if saturate and jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
+    narrower = jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits
+    if saturate and narrower:
         x = _saturate(x, dtype)
-    if key is not None and jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
+    if key is not None and narrower:
         if jnp.iscomplexobj(x):
             k_re, k_im = _mix(key, 1), _mix(key, 2)
             real = _real_dtype(jnp.dtype(dtype))
@@ -317,6 +318,7 @@ class _Scalars(NamedTuple):
     momentum: Array | None
     correction: Array | None
     s_max: Array
+    guard_zero_d: bool  # False when eps alone keeps the denominator positive
 
 
 def _scalars(cfg: _Config, real: jnp.dtype, lr: Any, t: Array) -> _Scalars:
@@ -341,6 +343,7 @@ def _scalars(cfg: _Config, real: jnp.dtype, lr: Any, t: Array) -> _Scalars:
         momentum=m,
         correction=1 - decay ** t.astype(real) if cfg.bias_correction else None,
         s_max=s_max,
+        guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
     )
 
 
@@ -385,10 +388,9 @@ def _leaf_step(
     if axes is not None:
         a, b = axes
         row, col, rebuild = _factors(nu, axes)
-        new_nu: Any = rebuild(
-            one_minus_decay * jnp.mean(g2, axis=b, keepdims=True) + decay * row.astype(real),
-            one_minus_decay * jnp.mean(g2, axis=a, keepdims=True) + decay * col.astype(real),
-        )
+        row = one_minus_decay * jnp.mean(g2, axis=b, keepdims=True) + decay * row.astype(real)
+        col = one_minus_decay * jnp.mean(g2, axis=a, keepdims=True) + decay * col.astype(real)
+        new_nu: Any = rebuild(row, col)
     else:
         new_nu = one_minus_decay * g2 + decay * nu.astype(real)
     new_mu = None
@@ -398,7 +400,6 @@ def _leaf_step(
 
     correction = sc.correction
     if axes is not None:
-        row, col, _ = _factors(new_nu, axes)
         if correction is not None:
             row, col = row / correction, col / correction
         nu_hat = _reconstruct(row, col, axes[0])
@@ -419,11 +420,11 @@ def _leaf_step(
     d = jnp.sqrt(v + eps) if cfg.eps_in_sqrt else jnp.sqrt(v) + eps
     # d == 0 only when eps == 0 and v == 0: the step is then 0, not 0/0. The
     # inner `where` keeps the discarded branch finite so gradients stay finite.
-    if _eps_keeps_d_positive(cfg.eps, real):
-        s = g / d.astype(work)
-    else:
+    if sc.guard_zero_d:
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
+    else:
+        s = g / d.astype(work)
 
     s = _saturate_to(s, sc.s_max)  # see _scalars
 
