@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test lint fuzz soak bench test-tensorflow clean
+.PHONY: help demo test lint fuzz soak bench golden test-tensorflow clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -13,6 +13,7 @@ help:
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (a few minutes)"
 	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
+	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
 
 $(BIN)/python:
@@ -45,6 +46,10 @@ soak: $(VENV)/.installed-test+examples
 
 fuzz: $(VENV)/.installed-test+examples
 	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py tests/test_fuzz.py
+
+# After a deliberate change to the compiled step: commit the new files with it.
+golden: $(VENV)/.installed-test+examples
+	$(BIN)/python tests/golden_hlo.py
 
 # TensorFlow (~3 GB with its dependencies) gets a venv of its own.
 .venv-tf/.installed: pyproject.toml
