@@ -9,7 +9,8 @@
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
-from rmsprop_jax._core import FactoredNu, RMSpropState
+from rmsprop_jax._core import RMSpropState
+from rmsprop_jax._factored import FactoredNu
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 

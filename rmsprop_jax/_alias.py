@@ -9,8 +9,7 @@ import jax
 import optax
 
 from rmsprop_jax import _core
-from rmsprop_jax import _validation as v
-from rmsprop_jax._transform import _check_moment_args
+from rmsprop_jax._config import configure
 
 
 def rmsprop(
@@ -122,40 +121,28 @@ def rmsprop(
       Loshchilov and Hutter, `Decoupled Weight Decay Regularization
       <https://arxiv.org/abs/1711.05101>`_, 2019.
     """
-    moment_args = _check_moment_args(
-        decay,
-        eps,
-        initial_scale,
-        eps_in_sqrt,
-        bias_correction,
-        centered,
-        split_complex,
-        nu_dtype,
-        mu_dtype,
-        stochastic_rounding,
-        seed,
-        factored,
-        min_dim_size_to_factor,
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            centered=centered,
+            momentum=momentum,
+            nesterov=nesterov,
+            bias_correction=bias_correction,
+            lr_in_momentum=lr_in_momentum,
+            weight_decay=weight_decay,
+            weight_decay_mode=weight_decay_mode,
+            weight_decay_mask=weight_decay_mask,
+            maximize=maximize,
+            split_complex=split_complex,
+            nu_dtype=nu_dtype,
+            mu_dtype=mu_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            factored=factored,
+            min_dim_size_to_factor=min_dim_size_to_factor,
+        )
     )
-    v.check_rate("learning_rate", learning_rate)
-    v.check_rate("weight_decay", weight_decay)
-    v.check_momentum(momentum, nesterov)
-    v.check_weight_decay_mode(weight_decay_mode)
-    for name, flag in (
-        ("nesterov", nesterov),
-        ("lr_in_momentum", lr_in_momentum),
-        ("maximize", maximize),
-    ):
-        v.check_static_bool(name, flag)
-    cfg = _core._Config(
-        **moment_args,
-        learning_rate=learning_rate,
-        momentum=None if v.is_zero(momentum) else momentum,
-        nesterov=nesterov,
-        lr_in_momentum=lr_in_momentum,
-        weight_decay=None if v.is_zero(weight_decay) else weight_decay,
-        weight_decay_mode=weight_decay_mode,
-        weight_decay_mask=weight_decay_mask,
-        maximize=maximize,
-    )
-    return _core.build(cfg)

@@ -6,56 +6,7 @@ import jax
 import optax
 
 from rmsprop_jax import _core
-from rmsprop_jax import _validation as v
-
-
-def _check_moment_args(
-    decay: jax.typing.ArrayLike,
-    eps: jax.typing.ArrayLike,
-    initial_scale: jax.typing.ArrayLike,
-    eps_in_sqrt: bool,
-    bias_correction: bool,
-    centered: bool,
-    split_complex: bool,
-    nu_dtype: jax.typing.DTypeLike | None,
-    mu_dtype: jax.typing.DTypeLike | None,
-    stochastic_rounding: bool,
-    seed: int,
-    factored: bool,
-    min_dim_size_to_factor: int,
-) -> dict:
-    """Checks the arguments shared by ``scale_by_rms`` and ``rmsprop``."""
-    v.check_unit_interval("decay", decay)
-    v.check_nonnegative("eps", eps)
-    v.check_nonnegative("initial_scale", initial_scale)
-    for name, flag in (
-        ("eps_in_sqrt", eps_in_sqrt),
-        ("bias_correction", bias_correction),
-        ("centered", centered),
-        ("split_complex", split_complex),
-        ("stochastic_rounding", stochastic_rounding),
-        ("factored", factored),
-    ):
-        v.check_static_bool(name, flag)
-    v.check_bias_correction(bias_correction, initial_scale)
-    v.static_int("min_dim_size_to_factor", min_dim_size_to_factor, needed=factored, minimum=1)
-    if not isinstance(seed, jax.Array):  # a traced or array seed feeds a PRNG key as is
-        v.static_int("seed", seed, needed=False, minimum=0)
-    return dict(
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
-        eps_in_sqrt=eps_in_sqrt,
-        bias_correction=bias_correction,
-        centered=centered,
-        split_complex=split_complex,
-        nu_dtype=v.check_float_dtype("nu_dtype", nu_dtype),
-        mu_dtype=v.check_float_dtype("mu_dtype", mu_dtype),
-        stochastic_rounding=stochastic_rounding,
-        seed=seed,
-        factored=factored,
-        min_dim_size_to_factor=int(min_dim_size_to_factor) if factored else 128,
-    )
+from rmsprop_jax._config import configure
 
 
 def scale_by_rms(
@@ -139,21 +90,21 @@ def scale_by_rms(
       Graves, `Generating Sequences With Recurrent Neural Networks
       <https://arxiv.org/abs/1308.0850>`_, 2013.
     """
-    cfg = _core._Config(
-        **_check_moment_args(
-            decay,
-            eps,
-            initial_scale,
-            eps_in_sqrt,
-            bias_correction,
-            centered,
-            split_complex,
-            nu_dtype,
-            mu_dtype,
-            stochastic_rounding,
-            seed,
-            factored,
-            min_dim_size_to_factor,
+    return _core.build(
+        configure(
+            scale_only=True,
+            decay=decay,
+            eps=eps,
+            initial_scale=initial_scale,
+            eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction,
+            centered=centered,
+            split_complex=split_complex,
+            nu_dtype=nu_dtype,
+            mu_dtype=mu_dtype,
+            stochastic_rounding=stochastic_rounding,
+            seed=seed,
+            factored=factored,
+            min_dim_size_to_factor=min_dim_size_to_factor,
         )
     )
-    return _core.build(cfg)

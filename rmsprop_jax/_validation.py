@@ -72,13 +72,13 @@ def is_zero(value: Any) -> bool:
     return bool(np.all(np.asarray(value) == 0))
 
 
-def check_momentum(momentum: Any, nesterov: bool) -> None:
+def check_momentum(momentum: Any, nesterov: bool, name: str = "momentum") -> None:
     if momentum is not None:
-        check_unit_interval("momentum", momentum)
+        check_unit_interval(name, momentum)
     if nesterov and is_zero(momentum):
         raise ValueError(
-            f"`nesterov=True` needs `momentum` > 0, got momentum={momentum!r}; "
-            "pass a momentum in (0, 1) or set `nesterov=False`."
+            f"`nesterov=True` needs `{name}` > 0, got {name}={momentum!r}; "
+            f"pass a {name} in (0, 1) or set `nesterov=False`."
         )
 
 

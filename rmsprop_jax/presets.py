@@ -27,6 +27,7 @@ zero denominator (``eps=0``, zero history) gives a zero step instead of 0/0.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -36,6 +37,7 @@ import optax
 
 from rmsprop_jax import _core
 from rmsprop_jax import _validation as v
+from rmsprop_jax._config import Config, configure
 
 __all__ = [
     "dqn_nature_2015",
@@ -50,43 +52,6 @@ __all__ = [
 ]
 
 
-def _build(
-    learning_rate: Any,
-    *,
-    decay: Any,
-    eps: Any,
-    eps_in_sqrt: bool = True,
-    initial_scale: float = 0.0,
-    centered: bool = False,
-    momentum: Any = None,
-    lr_in_momentum: bool = True,
-    weight_decay: Any = None,
-    weight_decay_mode: str = "decoupled",
-    maximize: bool = False,
-    split_complex: bool = False,
-) -> optax.GradientTransformationExtraArgs:
-    """The core transform; arguments already checked under the original's names."""
-    return _core.build(
-        _core._Config(
-            decay=decay,
-            eps=eps,
-            initial_scale=initial_scale,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=False,
-            centered=centered,
-            split_complex=split_complex,
-            nu_dtype=None,
-            mu_dtype=None,
-            learning_rate=learning_rate,
-            momentum=None if v.is_zero(momentum) else momentum,
-            lr_in_momentum=lr_in_momentum,
-            weight_decay=None if v.is_zero(weight_decay) else weight_decay,
-            weight_decay_mode=weight_decay_mode,
-            maximize=maximize,
-        )
-    )
-
-
 def _tf_number(x: Any) -> Any:
     """A Python number as TensorFlow uses it: ``convert_to_tensor``/``tf.cast``
     make a float32 tensor first, so even float64 variables see the float32
@@ -96,20 +61,15 @@ def _tf_number(x: Any) -> Any:
     return x
 
 
-def _check(
-    rates: dict[str, Any] | None = None,
-    unit: dict[str, Any] | None = None,
-    nonnegative: dict[str, Any] | None = None,
-    flags: dict[str, Any] | None = None,
-) -> None:
-    for name, value in (rates or {}).items():
-        v.check_rate(name, value)
-    for name, value in (unit or {}).items():
-        v.check_unit_interval(name, value)
-    for name, value in (nonnegative or {}).items():
-        v.check_nonnegative(name, value)
-    for name, value in (flags or {}).items():
-        v.check_static_bool(name, value)
+def _as_tensorflow(cfg: Config) -> Config:
+    """``cfg`` with its Python-number hyperparameters rounded as TensorFlow does."""
+    return dataclasses.replace(
+        cfg,
+        learning_rate=_tf_number(cfg.learning_rate),
+        decay=_tf_number(cfg.decay),
+        eps=_tf_number(cfg.eps),
+        momentum=None if cfg.momentum is None else _tf_number(cfg.momentum),
+    )
 
 
 def pytorch(
@@ -144,24 +104,21 @@ def pytorch(
       >>> opt = presets.pytorch(lr=0.01, alpha=0.99, momentum=0.9)
       >>> state = opt.init({"w": jnp.zeros(3)})
     """
-    _check(
-        rates={"lr": lr, "weight_decay": weight_decay},
-        unit={"alpha": alpha, "momentum": momentum},
-        nonnegative={"eps": eps},
-        flags={"centered": centered, "maximize": maximize},
-    )
-    return _build(
-        lr,
-        decay=alpha,
-        eps=eps,
-        eps_in_sqrt=False,
-        centered=centered,
-        momentum=momentum,
-        lr_in_momentum=False,
-        weight_decay=weight_decay,
-        weight_decay_mode="coupled",
-        maximize=maximize,
-        split_complex=True,
+    return _core.build(
+        configure(
+            learning_rate=lr,
+            decay=alpha,
+            eps=eps,
+            eps_in_sqrt=False,
+            centered=centered,
+            momentum=momentum,
+            lr_in_momentum=False,
+            weight_decay=weight_decay,
+            weight_decay_mode="coupled",
+            maximize=maximize,
+            split_complex=True,
+            names={"learning_rate": "lr", "decay": "alpha"},
+        )
     )
 
 
@@ -215,12 +172,6 @@ def keras(
       >>> from rmsprop_jax import presets
       >>> opt = presets.keras(learning_rate=1e-3, rho=0.9, global_clipnorm=1.0)
     """
-    _check(
-        rates={"learning_rate": learning_rate, "weight_decay": weight_decay or 0.0},
-        unit={"rho": rho, "momentum": momentum},
-        nonnegative={"epsilon": epsilon},
-        flags={"centered": centered},
-    )
     clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
     given = [name for name, value in clips.items() if value is not None]
     if len(given) > 1:
@@ -229,16 +180,18 @@ def keras(
             f"got {', '.join(f'{n}={clips[n]!r}' for n in given)}."
         )
     for name in given:
-        value = clips[name]
-        v.check_nonnegative(name, value)
-    core = _build(
-        learning_rate,
-        decay=rho,
-        eps=epsilon,
-        centered=centered,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        weight_decay_mode="decoupled",
+        v.check_nonnegative(name, clips[name])
+    core = _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=rho,
+            eps=epsilon,
+            centered=centered,
+            momentum=momentum,
+            weight_decay=0.0 if weight_decay is None else weight_decay,
+            weight_decay_mode="decoupled",
+            names={"decay": "rho", "eps": "epsilon"},
+        )
     )
     # As in Keras, a clip value of 0 means no clipping.
     if clipnorm:
@@ -278,20 +231,16 @@ def tensorflow_v1(
       >>> from rmsprop_jax import presets
       >>> opt = presets.tensorflow_v1(0.001, decay=0.9, momentum=0.9)
     """
-    _check(
-        rates={"learning_rate": learning_rate},
-        unit={"decay": decay, "momentum": momentum},
-        nonnegative={"epsilon": epsilon},
-        flags={"centered": centered},
-    )
-    return _build(
-        _tf_number(learning_rate),
-        decay=_tf_number(decay),
-        eps=_tf_number(epsilon),
+    cfg = configure(
+        learning_rate=learning_rate,
+        decay=decay,
+        eps=epsilon,
         initial_scale=1.0,
         centered=centered,
-        momentum=_tf_number(momentum),
+        momentum=momentum,
+        names={"eps": "epsilon"},
     )
+    return _core.build(_as_tensorflow(cfg))
 
 
 def timm_tf(
@@ -324,26 +273,20 @@ def timm_tf(
       >>> from rmsprop_jax import presets
       >>> opt = presets.timm_tf(lr=0.016, alpha=0.9, eps=1e-3, momentum=0.9, weight_decay=1e-5)
     """
-    _check(
-        rates={"lr": lr, "weight_decay": weight_decay},
-        unit={"alpha": alpha, "momentum": momentum},
-        nonnegative={"eps": eps},
-        flags={
-            "centered": centered,
-            "decoupled_decay": decoupled_decay,
-            "lr_in_momentum": lr_in_momentum,
-        },
-    )
-    return _build(
-        lr,
-        decay=alpha,
-        eps=eps,
-        initial_scale=1.0,
-        centered=centered,
-        momentum=momentum,
-        lr_in_momentum=lr_in_momentum,
-        weight_decay=weight_decay,
-        weight_decay_mode="decoupled" if decoupled_decay else "coupled",
+    v.check_static_bool("decoupled_decay", decoupled_decay)
+    return _core.build(
+        configure(
+            learning_rate=lr,
+            decay=alpha,
+            eps=eps,
+            initial_scale=1.0,
+            centered=centered,
+            momentum=momentum,
+            lr_in_momentum=lr_in_momentum,
+            weight_decay=weight_decay,
+            weight_decay_mode="decoupled" if decoupled_decay else "coupled",
+            names={"learning_rate": "lr", "decay": "alpha"},
+        )
     )
 
 
@@ -371,19 +314,15 @@ def sonnet(
       >>> from rmsprop_jax import presets
       >>> opt = presets.sonnet(0.01, momentum=0.9, centered=True)
     """
-    _check(
-        rates={"learning_rate": learning_rate},
-        unit={"decay": decay, "momentum": momentum},
-        nonnegative={"epsilon": epsilon},
-        flags={"centered": centered},
-    )
-    return _build(
-        _tf_number(learning_rate),
-        decay=_tf_number(decay),
-        eps=_tf_number(epsilon),
+    cfg = configure(
+        learning_rate=learning_rate,
+        decay=decay,
+        eps=epsilon,
         centered=centered,
-        momentum=_tf_number(momentum),
+        momentum=momentum,
+        names={"eps": "epsilon"},
     )
+    return _core.build(_as_tensorflow(cfg))
 
 
 def lasagne(
@@ -404,12 +343,14 @@ def lasagne(
       >>> from rmsprop_jax import presets
       >>> opt = presets.lasagne(learning_rate=0.01)
     """
-    _check(
-        rates={"learning_rate": learning_rate},
-        unit={"rho": rho},
-        nonnegative={"epsilon": epsilon},
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=rho,
+            eps=epsilon,
+            names={"decay": "rho", "eps": "epsilon"},
+        )
     )
-    return _build(learning_rate, decay=rho, eps=epsilon)
 
 
 def hinton_2012(
@@ -430,8 +371,7 @@ def hinton_2012(
       >>> from rmsprop_jax import presets
       >>> opt = presets.hinton_2012(0.001)
     """
-    _check(rates={"learning_rate": learning_rate}, unit={"decay": decay})
-    return _build(learning_rate, decay=decay, eps=0.0)
+    return _core.build(configure(learning_rate=learning_rate, decay=decay, eps=0.0))
 
 
 def graves_2013(
@@ -457,12 +397,16 @@ def graves_2013(
       >>> from rmsprop_jax import presets
       >>> opt = presets.graves_2013()
     """
-    _check(
-        rates={"learning_rate": learning_rate},
-        unit={"decay": decay, "momentum": momentum},
-        nonnegative={"epsilon": epsilon},
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=epsilon,
+            centered=True,
+            momentum=momentum,
+            names={"eps": "epsilon"},
+        )
     )
-    return _build(learning_rate, decay=decay, eps=epsilon, centered=True, momentum=momentum)
 
 
 def dqn_nature_2015(
@@ -486,9 +430,12 @@ def dqn_nature_2015(
       >>> from rmsprop_jax import presets
       >>> opt = presets.dqn_nature_2015()
     """
-    _check(
-        rates={"learning_rate": learning_rate},
-        unit={"decay": decay},
-        nonnegative={"min_squared_gradient": min_squared_gradient},
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=min_squared_gradient,
+            centered=True,
+            names={"eps": "min_squared_gradient"},
+        )
     )
-    return _build(learning_rate, decay=decay, eps=min_squared_gradient, centered=True)

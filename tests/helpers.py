@@ -1,10 +1,29 @@
-"""Trees and gradient sequences shared by the tests."""
+"""What the tests share: trees, gradient sequences, and the one trajectory runner.
+
+Every test that trains (ours against a reference, a peer, or itself) goes
+through :func:`train` or :func:`lockstep`, so "init, update, apply" is written
+once.
+"""
 
 from __future__ import annotations
+
+import contextlib
+import importlib.util
+import pathlib
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------
+# Trees and gradients.
 
 
 def make_tree(seed: int = 0, complex_leaf: bool = False) -> dict:
@@ -37,7 +56,9 @@ def gradient_sequence(tree: dict, steps: int, seed: int = 1) -> list[dict]:
     return seq
 
 
-def to_jax(tree, dtype):
+def to_jax(tree: Any, dtype: Any) -> Any:
+    """NumPy leaves as jax arrays of ``dtype`` (its complex counterpart for complex leaves)."""
+
     def cast(x):
         if np.iscomplexobj(x):
             return jnp.asarray(x, jnp.complex128 if dtype == jnp.float64 else jnp.complex64)
@@ -46,19 +67,102 @@ def to_jax(tree, dtype):
     return jax.tree.map(cast, tree)
 
 
-def run(opt, params, grads_seq, jit: bool = True):
-    """Runs ``opt``; returns the list of parameter trees after each step."""
-    import optax
+def like(tree: Any, params: Any) -> Any:
+    """``tree`` with each leaf cast to its parameter's dtype."""
+    return jax.tree.map(lambda x, p: jnp.asarray(x, p.dtype), tree, params)
 
-    update = jax.jit(opt.update) if jit else opt.update
-    state = opt.init(params)
-    trajectory = []
-    for g in grads_seq:
-        g = jax.tree.map(lambda x, p: jnp.asarray(x, p.dtype), g, params)
-        updates, state = update(g, state, params)
-        params = optax.apply_updates(params, updates)
-        trajectory.append(params)
-    return trajectory, state
+
+# --------------------------------------------------------------------------
+# The trajectory runner.
+
+
+@contextlib.contextmanager
+def standard_promotion(enabled: bool = True) -> Iterator[None]:
+    """Standard dtype promotion, for peers and user code that mix dtypes (optax's
+    own schedules and bias correction do); ours runs under the suite's strict one."""
+    if enabled:
+        with jax.numpy_dtype_promotion("standard"):
+            yield
+    else:
+        yield
+
+
+class Run(NamedTuple):
+    params: list  # the parameters after each step
+    updates: list  # each step's updates
+    state: Any  # the final state
+
+
+def train(
+    opt: Any,
+    params: Any,
+    grads_seq: Sequence[Any],
+    *,
+    jit: bool = True,
+    promotion: str = "strict",
+    state: Any = None,
+) -> Run:
+    """``init`` (unless a ``state`` to resume from is given), then ``update`` and
+    ``optax.apply_updates`` for each gradient tree."""
+    with standard_promotion(promotion == "standard"):
+        update = jax.jit(opt.update) if jit else opt.update
+        if state is None:
+            state = opt.init(params)
+        trajectory, updates_seq = [], []
+        for g in grads_seq:
+            updates, state = update(like(g, params), state, params)
+            params = optax.apply_updates(params, updates)
+            trajectory.append(params)
+            updates_seq.append(updates)
+    return Run(trajectory, updates_seq, state)
+
+
+def lockstep(
+    ours: Any,
+    theirs: Any,
+    params: Any,
+    grads_seq: Sequence[Any],
+    check: Callable[[int, Any, Any], None],
+    *,
+    theirs_promotion: str = "standard",
+) -> tuple[Any, Any]:
+    """Feeds both the same gradients and *our* parameters every step, and calls
+    ``check(step, our_updates, their_updates)``; returns both final states.
+
+    ``theirs`` is a peer's transformation (run with standard promotion) or a
+    :class:`ReferenceTransform`."""
+    with standard_promotion(theirs_promotion == "standard"):
+        their_state = theirs.init(params)
+    our_state = ours.init(params)
+    ours_update = jax.jit(ours.update)
+    theirs_update = (
+        theirs.update if isinstance(theirs, ReferenceTransform) else jax.jit(theirs.update)
+    )
+    for step, g in enumerate(grads_seq, start=1):
+        g = like(g, params)
+        u1, our_state = ours_update(g, our_state, params)
+        with standard_promotion(theirs_promotion == "standard"):
+            u2, their_state = theirs_update(g, their_state, params)
+        check(step, u1, u2)
+        params = optax.apply_updates(params, u1)
+    return our_state, their_state
+
+
+class ReferenceTransform:
+    """A float64 NumPy reference (``tests/reference.py``) behind ``init``/``update``."""
+
+    def __init__(self, reference: Any):
+        self.reference = reference
+
+    def init(self, params: Any) -> None:
+        self.reference.init([np.asarray(p) for p in jax.tree.leaves(params)])
+
+    def update(self, grads: Any, state: None, params: Any) -> tuple[Any, None]:
+        leaves, treedef = jax.tree.flatten(grads)
+        out = self.reference.step(
+            [np.asarray(g) for g in leaves], [np.asarray(p) for p in jax.tree.leaves(params)]
+        )
+        return treedef.unflatten(out), None
 
 
 def relative_error(got, start_got, want, start_want) -> float:
@@ -73,3 +177,25 @@ def relative_error(got, start_got, want, start_want) -> float:
     if moved == 0:
         return 0.0 if err == 0 else float("inf")
     return err / moved
+
+
+def finite(tree: Any) -> bool:
+    """No NaN or Inf anywhere in ``tree``."""
+    return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+# --------------------------------------------------------------------------
+# Loading the project's scripts.
+
+
+def load_module(path: pathlib.Path, name: str) -> Any:
+    """Imports a script of the project (an example, the benchmark's trees) by path."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (Flax Linen) look themselves up here
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_example(name: str) -> Any:
+    return load_module(ROOT / "examples" / f"{name}.py", f"example_{name}")

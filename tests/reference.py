@@ -1,4 +1,4 @@
-"""A float64 NumPy reference of rmsprop_jax.rmsprop, written from SPEC section 2.
+"""A float64 NumPy reference of rmsprop_jax.rmsprop, written from docs/algorithm.md.
 
 It works leaf by leaf on NumPy arrays, in float64 (complex128 for complex
 leaves), with no JAX at all, so it shares no code with the library.
@@ -14,7 +14,7 @@ def _abs_sq(x):
 
 
 class Reference:
-    """RMSprop exactly as the SPEC's equations state it, in float64."""
+    """RMSprop exactly as docs/algorithm.md states it, in float64."""
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import gradient_sequence, make_tree, to_jax
+from helpers import gradient_sequence, make_tree, to_jax, train
 
 import rmsprop_jax
 
@@ -33,13 +33,9 @@ CONFIGS = [
 def _run(kw, jit):
     opt = rmsprop_jax.rmsprop(**kw)
     tree = make_tree(complex_leaf=True)
-    params = to_jax(tree, jnp.float32)
-    state = opt.init(params)
-    update = jax.jit(opt.update) if jit else opt.update
-    for g in gradient_sequence(tree, 15):
-        updates, state = update(to_jax(g, jnp.float32), state, params)
-        params = optax.apply_updates(params, updates)
-    return params, state
+    grads = [to_jax(g, jnp.float32) for g in gradient_sequence(tree, 15)]
+    run = train(opt, to_jax(tree, jnp.float32), grads, jit=jit)
+    return run.params[-1], run.state
 
 
 def _leaves(tree):

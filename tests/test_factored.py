@@ -1,17 +1,14 @@
 """The factored second moment: which leaves are factored, and the state it saves.
 (Its numbers are checked against the float64 reference in test_reference.py.)"""
 
-import pathlib
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+from helpers import ROOT, load_module
 
 import rmsprop_jax
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "benchmarks"))
-import trees
+trees = load_module(ROOT / "benchmarks" / "trees.py", "benchmark_trees")
 
 
 def _state_bytes(opt, shapes):

@@ -11,24 +11,15 @@ test_square_overflow_freezes_the_coordinate_without_nan.
 """
 
 import dataclasses
-import os
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 import rmsprop_jax
-
-settings.register_profile(
-    "ci", max_examples=40, deadline=None, suppress_health_check=list(HealthCheck)
-)
-settings.register_profile(
-    "fuzz", max_examples=1500, deadline=None, suppress_health_check=list(HealthCheck)
-)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 DTYPES = ["float16", "bfloat16", "float32", "float64", "complex64"]
 

@@ -30,9 +30,7 @@ def test_compiled_update_matches_golden_file(name):
     got = golden_hlo.compiled_update(name)
     if got != want:
         diff = "".join(
-            difflib.unified_diff(
-                want.splitlines(True), got.splitlines(True), "golden", "now", n=2
-            )
+            difflib.unified_diff(want.splitlines(True), got.splitlines(True), "golden", "now", n=2)
         )
         pytest.fail(f"the compiled update for {name!r} changed:\n{diff[:6000]}")
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_examples import load
+from helpers import load_example, train
 
 import rmsprop_jax
 
@@ -32,7 +32,7 @@ def _spec_fields(state):
 
 
 def test_linen_trainstate_example():
-    result = load("flax_linen_trainstate").main(["--steps", "60"])
+    result = load_example("flax_linen_trainstate").main(["--steps", "60"])
     assert np.mean(result["losses"][-10:]) < 0.5 * result["losses"][0]
     fields = _spec_fields(result["state"].opt_state)
     assert isinstance(result["state"].opt_state, rmsprop_jax.RMSpropState)
@@ -42,7 +42,7 @@ def test_linen_trainstate_example():
 def test_nnx_optimizer_state_is_the_spec_state():
     from flax import nnx
 
-    module = load("flax_nnx_classifier")
+    module = load_example("flax_nnx_classifier")
     model = module.MLP(nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, rmsprop_jax.rmsprop(1e-3, momentum=0.9), wrt=nnx.Param)
     x = jnp.ones((4, 64))
@@ -57,7 +57,7 @@ def test_nnx_optimizer_state_is_the_spec_state():
 
 
 def test_optax_composition_example_skips_non_finite_batches():
-    result = load("optax_composition").main(["--steps", "60", "--inject-nan"])
+    result = load_example("optax_composition").main(["--steps", "60", "--inject-nan"])
     assert result["skipped"] == 20
     assert int(result["state"].total_notfinite) == 20
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(result["params"]))
@@ -66,7 +66,7 @@ def test_optax_composition_example_skips_non_finite_batches():
 
 
 def test_hyperparameter_sweep_is_one_program():
-    result = load("hyperparameter_sweep").main(["--steps", "40"])
+    result = load_example("hyperparameter_sweep").main(["--steps", "40"])
     assert result["final_loss"].shape == (8,)
     assert np.all(np.isfinite(result["final_loss"]))
     # The smallest learning rate has barely moved; a mid one has learned.
@@ -75,7 +75,7 @@ def test_hyperparameter_sweep_is_one_program():
 
 
 def test_meta_learning_gradient_matches_finite_differences():
-    module = load("meta_learning")
+    module = load_example("meta_learning")
     task = module.make_task()
     for lr in (0.003, 0.02, 0.1):
         with jax.enable_x64(True):
@@ -93,10 +93,12 @@ def test_meta_learning_gradient_matches_finite_differences():
 
 
 def test_demo_runs_briefly_and_writes_its_figure(tmp_path):
-    result = load("demo").main(["--steps", "40", "--drift-steps", "600", "--out", str(tmp_path)])
+    result = load_example("demo").main(
+        ["--steps", "40", "--drift-steps", "600", "--out", str(tmp_path)]
+    )
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert (tmp_path / "results.json").exists()
-    assert set(result["classifier"]) == set(load("demo").OPTIMIZERS)
+    assert set(result["classifier"]) == set(load_example("demo").OPTIMIZERS)
     for r in result["classifier"].values():
         assert r["losses"][-1] < r["losses"][0]
 
@@ -160,14 +162,6 @@ def test_masked_and_multi_transform_keep_structure():
 # Checkpoints: resuming changes nothing, and a mismatched checkpoint is refused.
 
 
-def _train(opt, params, state, grads_seq):
-    step = jax.jit(opt.update)
-    for g in grads_seq:
-        updates, state = step(g, state, params)
-        params = optax.apply_updates(params, updates)
-    return params, state
-
-
 def _grads(n):
     rng = np.random.default_rng(0)
     return [
@@ -199,9 +193,10 @@ def test_resume_from_checkpoint_is_bitwise_identical(backend, tmp_path):
     opt = rmsprop_jax.rmsprop(**OPTIONS)
     params0 = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
     grads = _grads(12)
-    straight = _train(opt, params0, opt.init(params0), grads)
+    straight = train(opt, params0, grads)
 
-    params, state = _train(opt, params0, opt.init(params0), grads[:5])
+    first = train(opt, params0, grads[:5])
+    params, state = first.params[-1], first.state
     if backend == "flax":
         import flax.serialization
 
@@ -217,8 +212,10 @@ def test_resume_from_checkpoint_is_bitwise_identical(backend, tmp_path):
         template = {"params": params0, "opt_state": opt.init(params0)}
         restored = checkpointer.restore(tmp_path / "ckpt", template)
     rmsprop_jax.validate_state(restored["opt_state"], opt.init(params0))
-    resumed = _train(opt, restored["params"], restored["opt_state"], grads[5:])
-    _assert_bitwise_equal(resumed, straight)
+    resumed = train(opt, restored["params"], grads[5:], state=restored["opt_state"])
+    _assert_bitwise_equal(
+        (resumed.params[-1], resumed.state), (straight.params[-1], straight.state)
+    )
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""No finite input gives a NaN or Inf (SPEC section 3)."""
+"""No finite input gives a NaN or Inf (docs/algorithm.md, "differs on purpose")."""
 
 import jax
 import jax.numpy as jnp

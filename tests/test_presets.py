@@ -13,7 +13,7 @@ import optax
 import pytest
 import reference_originals as originals
 from configs import SCHEDULE
-from helpers import gradient_sequence, make_tree, relative_error, to_jax
+from helpers import gradient_sequence, make_tree, relative_error, to_jax, train
 
 from rmsprop_jax import presets
 
@@ -22,15 +22,7 @@ TOL = {jnp.float32: 5e-5, jnp.float64: 1e-9}
 
 
 def run_preset(opt, tree, grads, dtype):
-    params = to_jax(tree, dtype)
-    state = opt.init(params)
-    update = jax.jit(opt.update)
-    out = []
-    for g in grads:
-        updates, state = update(to_jax(g, dtype), state, params)
-        params = optax.apply_updates(params, updates)
-        out.append(params)
-    return out
+    return train(opt, to_jax(tree, dtype), [to_jax(g, dtype) for g in grads]).params
 
 
 def assert_trajectories_match(got, want, start_got, start_want, tol):

@@ -1,4 +1,4 @@
-"""rmsprop_jax.rmsprop against the float64 NumPy reference of the SPEC equations."""
+"""rmsprop_jax.rmsprop against the float64 NumPy reference of docs/algorithm.md."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,15 @@ import numpy as np
 import optax
 import pytest
 from configs import CONFIGS
-from helpers import gradient_sequence, make_tree, relative_error, run, to_jax
+from helpers import (
+    ReferenceTransform,
+    gradient_sequence,
+    lockstep,
+    make_tree,
+    relative_error,
+    to_jax,
+    train,
+)
 from reference import Reference
 
 import rmsprop_jax
@@ -15,39 +23,33 @@ STEPS = 30
 
 
 def reference_trajectory(kw, tree, grads_seq):
-    """The reference's own float64 trajectory from ``tree``."""
-    ref = Reference(**kw)
-    leaves, treedef = jax.tree.flatten(tree)
-    ref.init(leaves)
-    out = []
-    for g in grads_seq:
-        updates = ref.step(treedef.flatten_up_to(g), leaves)
-        leaves = [p + u for p, u in zip(leaves, updates)]
-        out.append(treedef.unflatten(leaves))
-    return out
+    """The reference's own float64 trajectory from ``tree`` (run under x64)."""
+    return train(ReferenceTransform(Reference(**kw)), tree, grads_seq, jit=False).params
 
 
 def lockstep_errors(kw, tree, grads_seq, dtype):
     """Runs the library and the reference side by side, the reference fed the
     library's own parameters each step (so parameter-storage rounding does not
     count); returns, per step, max |u - u_ref| / max |u_ref| over the tree."""
-    opt = rmsprop_jax.rmsprop(**kw)
     params = to_jax(tree, dtype)
-    state = opt.init(params)
-    update = jax.jit(opt.update)
-    ref = Reference(**kw)
-    ref.init(jax.tree.leaves(tree))
     errors = []
-    for g in grads_seq:
-        g_jax = jax.tree.map(lambda x, p: jnp.asarray(x, p.dtype), g, params)
-        updates, state = update(g_jax, state, params)
-        want = ref.step(jax.tree.leaves(g_jax), [np.asarray(p) for p in jax.tree.leaves(params)])
-        got = jax.tree.leaves(updates)
+
+    def check(step, got, want):
+        got, want = jax.tree.leaves(got), jax.tree.leaves(want)
         assert all(a.dtype == p.dtype for a, p in zip(got, jax.tree.leaves(params)))
         err = max(float(np.max(np.abs(np.asarray(a) - b), initial=0)) for a, b in zip(got, want))
         scale = max(float(np.max(np.abs(b), initial=0)) for b in want)
         errors.append(err / scale if scale else (0.0 if err == 0 else float("inf")))
-        params = optax.apply_updates(params, updates)
+
+    opt = rmsprop_jax.rmsprop(**kw)
+    lockstep(
+        opt,
+        ReferenceTransform(Reference(**kw)),
+        params,
+        grads_seq,
+        check,
+        theirs_promotion="strict",
+    )
     return errors
 
 
@@ -72,7 +74,7 @@ def test_float64_trajectory_matches_reference(name, x64):
     tree = make_tree()
     grads = gradient_sequence(tree, STEPS)
     start = to_jax(tree, jnp.float64)
-    got, _ = run(rmsprop_jax.rmsprop(**kw), start, grads)
+    got, _, _ = train(rmsprop_jax.rmsprop(**kw), start, grads)
     for a, b in zip(got, reference_trajectory(kw, tree, grads)):
         assert relative_error(a, start, b, tree) < 1e-12
 
@@ -91,7 +93,7 @@ def test_complex_parameters(split_complex, extra, x64):
     tree = make_tree(complex_leaf=True)
     grads = gradient_sequence(tree, STEPS)
     start = to_jax(tree, jnp.float64)
-    got, state = run(rmsprop_jax.rmsprop(**kw), start, grads)
+    got, _, state = train(rmsprop_jax.rmsprop(**kw), start, grads)
     want = reference_trajectory(kw, tree, grads)
     assert got[-1]["z"].dtype == jnp.complex128
     assert state.nu["z"].dtype == jnp.float64
@@ -105,8 +107,8 @@ def test_split_complex_differs_from_shared():
     tree = make_tree(complex_leaf=True)
     grads = gradient_sequence(tree, 5)
     params = to_jax(tree, jnp.float32)
-    a, _ = run(rmsprop_jax.rmsprop(0.01, split_complex=False), params, grads)
-    b, _ = run(rmsprop_jax.rmsprop(0.01, split_complex=True), params, grads)
+    a, _, _ = train(rmsprop_jax.rmsprop(0.01, split_complex=False), params, grads)
+    b, _, _ = train(rmsprop_jax.rmsprop(0.01, split_complex=True), params, grads)
     assert not np.allclose(a[-1]["z"], b[-1]["z"], rtol=1e-4)
     np.testing.assert_array_equal(a[-1]["dense"]["w"], b[-1]["dense"]["w"])
 
@@ -120,7 +122,7 @@ def test_weight_decay_mask(mode, as_function, x64):
     kw = dict(learning_rate=0.01, weight_decay=0.2, weight_decay_mode=mode, momentum=0.5)
     opt = rmsprop_jax.rmsprop(**kw, weight_decay_mask=(lambda p: mask) if as_function else mask)
     start = to_jax(tree, jnp.float64)
-    got, _ = run(opt, start, grads)
+    got, _, _ = train(opt, start, grads)
     ref_kw = dict(kw, weight_decay_mask=jax.tree.leaves(mask))
     want = reference_trajectory(ref_kw, tree, grads)
     assert relative_error(got[-1], start, want[-1], tree) < 1e-12
@@ -134,8 +136,10 @@ def test_array_valued_mask_matches_bool_mask(x64):
     mask = jax.tree.map(lambda x: np.ndim(x) > 1, tree)
     array_mask = jax.tree.map(jnp.asarray, mask)
     kw = dict(learning_rate=0.01, weight_decay=0.2)
-    a, _ = run(rmsprop_jax.rmsprop(**kw, weight_decay_mask=mask), to_jax(tree, jnp.float64), grads)
-    b, _ = run(
+    a, _, _ = train(
+        rmsprop_jax.rmsprop(**kw, weight_decay_mask=mask), to_jax(tree, jnp.float64), grads
+    )
+    b, _, _ = train(
         rmsprop_jax.rmsprop(**kw, weight_decay_mask=array_mask), to_jax(tree, jnp.float64), grads
     )
     for x, y in zip(jax.tree.leaves(a[-1]), jax.tree.leaves(b[-1])):
@@ -161,7 +165,7 @@ def test_lr_in_momentum_differs_under_schedule_only():
     grads = gradient_sequence(tree, 10)
     params = to_jax(tree, jnp.float32)
     for lr, should_differ in ((0.01, False), (optax.linear_schedule(0.1, 0.0, 10), True)):
-        a, _ = run(rmsprop_jax.rmsprop(lr, momentum=0.9, lr_in_momentum=True), params, grads)
-        b, _ = run(rmsprop_jax.rmsprop(lr, momentum=0.9, lr_in_momentum=False), params, grads)
+        a, _, _ = train(rmsprop_jax.rmsprop(lr, momentum=0.9, lr_in_momentum=True), params, grads)
+        b, _, _ = train(rmsprop_jax.rmsprop(lr, momentum=0.9, lr_in_momentum=False), params, grads)
         close = np.allclose(a[-1]["dense"]["w"], b[-1]["dense"]["w"], rtol=1e-5, atol=1e-7)
         assert close != should_differ

@@ -1,0 +1,73 @@
+"""The dtype policy: which dtypes the state is stored in and the step computed in.
+
+- State defaults to the parameter's real dtype promoted to at least float32:
+  bfloat16 and float16 parameters get float32 state, float64 stays float64,
+  complex64 parameters get a real float32 second moment and complex64 means.
+- The step is computed in the widest of the gradient's and the stored state's
+  real dtypes, and at least float32; complex gradients in the matching complex
+  dtype.
+- Updates come out in the gradient's dtype.
+
+Every dtype decision is written out rather than left to type promotion, so it
+holds under ``jax_numpy_dtype_promotion="strict"`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def real_dtype(dtype: jnp.dtype) -> jnp.dtype:
+    """float32 for complex64, float64 for complex128, the dtype itself otherwise."""
+    return jnp.finfo(dtype).dtype if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+
+
+def widest(*dtypes: jnp.dtype) -> jnp.dtype:
+    """The widest of some real floating dtypes, and at least float32."""
+    result = jnp.dtype(jnp.float32)
+    for dtype in dtypes:
+        if jnp.finfo(dtype).bits > result.itemsize * 8:
+            result = jnp.dtype(dtype)
+    return result
+
+
+def state_dtype(param_dtype: Any) -> jnp.dtype:
+    """The default storage dtype of a parameter's state: its real dtype, at least float32."""
+    real = real_dtype(jnp.dtype(param_dtype))
+    if not jnp.issubdtype(real, jnp.floating):
+        return jnp.dtype(jnp.float32)
+    return widest(real)
+
+
+def complex_of(dtype: jnp.dtype) -> jnp.dtype:
+    """The complex dtype whose parts are ``dtype`` (complex128 for float64)."""
+    return jnp.dtype(jnp.complex128 if jnp.finfo(dtype).bits > 32 else jnp.complex64)
+
+
+def is_complex(x: Any) -> bool:
+    return jnp.issubdtype(jnp.result_type(x), jnp.complexfloating)
+
+
+def split_complex(x: Array) -> Array:
+    """A complex array as a real one with a trailing axis (real, imaginary)."""
+    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+
+
+def merge_complex(x: Array, dtype: jnp.dtype) -> Array:
+    """The inverse of :func:`split_complex`."""
+    return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
+
+
+def compute_dtypes(g: Array, stored: list[Any]) -> tuple[jnp.dtype, jnp.dtype]:
+    """(real, work): the real dtype the step is computed in, and the gradient's
+    working dtype (its complex counterpart for complex gradients)."""
+    real = widest(
+        state_dtype(jnp.result_type(g)),
+        *(real_dtype(s.dtype) for s in stored if s is not None),
+    )
+    return real, complex_of(real) if jnp.iscomplexobj(g) else real

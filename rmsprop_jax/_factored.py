@@ -1,0 +1,100 @@
+r"""The factored second moment (Adafactor; Shazeer and Stern, 2018).
+
+For a leaf whose two largest axes :math:`a < b` both have at least
+``min_dim_size_to_factor`` entries, the state keeps moving averages of
+:math:`|g|^2` over each of the two axes instead of the full :math:`\nu`:
+
+.. math::
+
+  r &\leftarrow \rho\, r + (1 - \rho)\, \operatorname{mean}_b |g|^2, \qquad
+  c \leftarrow \rho\, c + (1 - \rho)\, \operatorname{mean}_a |g|^2 \\
+  \hat\nu &= r\, c / \operatorname{mean}_a r
+
+(the rank-one estimate whose row and column means are :math:`r` and
+:math:`c`), so a leaf's state is O(rows + cols) instead of O(rows * cols).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rmsprop_jax import _trees
+
+Array = jax.Array
+
+
+class FactoredNu(NamedTuple):
+    """A factored second moment: moving averages of |g|^2 over rows and columns."""
+
+    row: Array  # mean over the second factored axis, kept as a size-1 dimension
+    col: Array  # mean over the first factored axis, kept as a size-1 dimension
+
+
+def factored_axes(shape: tuple[int, ...], min_dim_size: int) -> tuple[int, int] | None:
+    """The two largest axes (in order; ties go to the later axis) if both reach
+    ``min_dim_size``, else None (the leaf keeps a full second moment)."""
+    if len(shape) < 2:
+        return None
+    a, b = sorted(sorted(range(len(shape)), key=lambda d: (shape[d], d))[-2:])
+    if min(shape[a], shape[b]) < max(2, min_dim_size):
+        return None
+    return a, b
+
+
+def is_factored(nu: Any) -> bool:
+    """A factored second moment is a container of two arrays rather than an array.
+
+    Containers are not only :class:`FactoredNu`: ``flax.nnx.Optimizer`` turns
+    the state's NamedTuples into its own ``State`` mappings, so the factors are
+    told apart by their shapes, never by their order or container type."""
+    return not hasattr(nu, "dtype")
+
+
+def init(p: Array, axes: tuple[int, int], value: Any, dtype: jnp.dtype) -> FactoredNu:
+    """Factors filled with ``value``, made *like* slices of ``p`` (so they follow
+    its sharding)."""
+    a, b = axes
+    first_of = lambda axis: jax.lax.index_in_dim(p, 0, axis, keepdims=True)
+    return FactoredNu(
+        row=jnp.full_like(first_of(b), value, dtype=dtype),
+        col=jnp.full_like(first_of(a), value, dtype=dtype),
+    )
+
+
+def unpack(nu: Any, axes: tuple[int, int]) -> tuple[Array, Array, Callable[[Any, Any], Any]]:
+    """(row, col, rebuild): ``rebuild(new_row, new_col)`` returns ``nu``'s own container."""
+    leaves, treedef = _trees.flatten(nu)
+    first_is_row = leaves[0].shape[axes[1]] == 1 and leaves[0].shape[axes[0]] != 1
+    row, col = leaves if first_is_row else leaves[::-1]
+
+    def rebuild(new_row: Any, new_col: Any) -> Any:
+        return treedef.unflatten([new_row, new_col] if first_is_row else [new_col, new_row])
+
+    return row, col, rebuild
+
+
+def update(
+    g2: Array,
+    row: Array,
+    col: Array,
+    axes: tuple[int, int],
+    decay: Array,
+    one_minus_decay: Array,
+    real: jnp.dtype,
+) -> tuple[Array, Array]:
+    """The moving averages of |g|^2 over the rows and over the columns."""
+    a, b = axes
+    row = one_minus_decay * jnp.mean(g2, axis=b, keepdims=True) + decay * row.astype(real)
+    col = one_minus_decay * jnp.mean(g2, axis=a, keepdims=True) + decay * col.astype(real)
+    return row, col
+
+
+def estimate(row: Array, col: Array, a: int) -> Array:
+    """The full second moment from its factors: row * col / mean(row)."""
+    scale = jnp.mean(row, axis=a, keepdims=True)
+    ok = scale > 0
+    return jnp.where(ok, row * col / jnp.where(ok, scale, 1), 0)

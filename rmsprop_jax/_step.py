@@ -1,0 +1,292 @@
+r"""One RMSprop step for one leaf, as a composition of small pure stages.
+
+In the order of the mathematics (``docs/algorithm.md`` has the whole of it):
+
+1. :func:`effective_gradient`: ``maximize`` and coupled weight decay.
+2. :func:`moments`: the second moment :math:`\nu` (full or factored) and,
+   when centered, the mean :math:`\mu`.
+3. :func:`debias`: the estimates :math:`\hat\nu, \hat\mu`.
+4. :func:`normalise`: :math:`s = g / d` with the denominator :math:`d` and the
+   0/0 guard.
+5. :func:`momentum_step`: learning rate, momentum buffer, Nesterov.
+6. decoupled weight decay (``_weight_decay.decoupled``).
+7. :func:`_store_state`: casts, saturation and stochastic rounding (``_storage``).
+
+Every stage is elementwise (the factored average aside) and left to XLA to fuse.
+The scalars a step needs are made once per step and dtype, in :func:`scalars`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rmsprop_jax import _dtypes, _factored, _storage, _trees, _weight_decay
+from rmsprop_jax._config import Config
+
+Array = jax.Array
+
+
+class Scalars(NamedTuple):
+    """The step's scalar hyperparameters in one dtype, made once per step and
+    dtype rather than once per leaf (a 2000-leaf tree compiled 2x slower)."""
+
+    decay: Array
+    one_minus_decay: Array
+    eps: Array
+    lr: Array | None
+    momentum: Array | None
+    correction: Array | None
+    s_max: Array
+    guard_zero_d: bool  # False when eps alone keeps the denominator positive
+
+
+def _one_minus(x: Any, dtype: jnp.dtype) -> Array:
+    """``1 - x`` in ``dtype``; a Python number is subtracted in float64 first,
+    as optax does, so that ``1 - 0.9`` is not rounded twice."""
+    if isinstance(x, (int, float)):
+        return jnp.asarray(1 - x, dtype)
+    return 1 - jnp.asarray(x, dtype)
+
+
+def _eps_keeps_d_positive(eps: Any, real: jnp.dtype) -> bool:
+    """True when eps alone keeps the denominator positive: a concrete eps at
+    least the dtype's smallest normal number (XLA flushes subnormals to zero).
+    Then the guard against 0/0 is left out of the program."""
+    if isinstance(eps, jax.core.Tracer):
+        return False
+    return bool(np.all(np.asarray(eps, np.float64) >= float(jnp.finfo(real).tiny)))
+
+
+def scalars(cfg: Config, real: jnp.dtype, lr: Any, t: Array) -> Scalars:
+    """The scalars of step ``t`` (1, 2, ...) in dtype ``real``."""
+    decay = jnp.asarray(cfg.decay, real)
+    lr_r = None if cfg.scale_only else jnp.asarray(lr, real)
+    m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
+    # s = g / d can be astronomically large (g / eps with a zero variance). It
+    # is bounded so that lr * s and the momentum buffer (which grows to
+    # lr * s / (1 - m)) stay finite: 0 * inf would be NaN. Bounding s once is
+    # free; clamping the stored buffer instead made XLA copy and re-read the
+    # state (a 5x slower step).
+    s_max = jnp.asarray(jnp.finfo(real).max, real)
+    if m is not None:
+        s_max = s_max * (1 - m)
+    if lr_r is not None:
+        s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
+    return Scalars(
+        decay=decay,
+        one_minus_decay=_one_minus(cfg.decay, real),
+        eps=jnp.asarray(cfg.eps, real),
+        lr=lr_r,
+        momentum=m,
+        correction=1 - decay ** t.astype(real) if cfg.bias_correction else None,
+        s_max=s_max,
+        guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
+    )
+
+
+def _abs_sq(x: Array) -> Array:
+    """:math:`|x|^2`, real for complex ``x``."""
+    if jnp.iscomplexobj(x):
+        return jnp.real(x * jnp.conj(x))
+    return x * x
+
+
+# --------------------------------------------------------------------------
+# The stages.
+
+
+def effective_gradient(cfg: Config, g: Array, p: Array | None, wd: Any, real: jnp.dtype) -> Array:
+    r""":math:`g \leftarrow -g` if maximize; :math:`g \leftarrow g + \lambda p` if coupled."""
+    if cfg.maximize:
+        g = -g
+    if wd is not None and cfg.weight_decay_mode == "coupled":
+        assert p is not None
+        g = _weight_decay.coupled(g, p, wd, real)
+    return g
+
+
+def moments(
+    cfg: Config,
+    g: Array,
+    nu: Any,
+    mu: Array | None,
+    sc: Scalars,
+    axes: tuple[int, int] | None,
+    real: jnp.dtype,
+) -> tuple[Any, Array | None]:
+    r""":math:`\nu \leftarrow \rho\nu + (1-\rho)|g|^2` (or its factors);
+    :math:`\mu \leftarrow \rho\mu + (1-\rho)g` when centered."""
+    decay, one_minus_decay = sc.decay, sc.one_minus_decay
+    g2 = _abs_sq(g)
+    if axes is not None:
+        row, col, rebuild = _factored.unpack(nu, axes)
+        row, col = _factored.update(g2, row, col, axes, decay, one_minus_decay, real)
+        new_nu: Any = rebuild(row, col)
+    else:
+        new_nu = one_minus_decay * g2 + decay * nu.astype(real)
+    new_mu = None
+    if cfg.centered:
+        assert mu is not None
+        work = g.dtype
+        new_mu = one_minus_decay.astype(work) * g + decay.astype(work) * mu.astype(work)
+    return new_nu, new_mu
+
+
+def debias(
+    nu: Any, mu: Array | None, sc: Scalars, axes: tuple[int, int] | None
+) -> tuple[Array, Array | None]:
+    r""":math:`\hat\nu = \nu / (1 - \rho^t)`, :math:`\hat\mu = \mu / (1 - \rho^t)`
+    with bias correction, else the averages themselves; a factored
+    :math:`\nu` is expanded to its full estimate here."""
+    correction = sc.correction
+    if axes is not None:
+        row, col, _ = _factored.unpack(nu, axes)
+        if correction is not None:
+            row, col = row / correction, col / correction
+        nu_hat = _factored.estimate(row, col, axes[0])
+    else:
+        nu_hat = nu if correction is None else nu / correction
+    mu_hat = mu
+    if correction is not None and mu is not None:
+        mu_hat = mu / correction.astype(mu.dtype)
+    return nu_hat, mu_hat
+
+
+def normalise(cfg: Config, g: Array, nu_hat: Array, mu_hat: Array | None, sc: Scalars) -> Array:
+    r""":math:`s = g / d`, :math:`d = \sqrt{v + \epsilon}` or :math:`\sqrt{v} + \epsilon`,
+    with :math:`v = \max(\hat\nu - |\hat\mu|^2, 0)` when centered, else :math:`\hat\nu`.
+
+    Where :math:`d = 0` (only with ``eps == 0`` and no history) :math:`s = 0`,
+    not 0/0; and :math:`|s|` is bounded so that later products stay finite."""
+    work = g.dtype
+    v = nu_hat
+    if cfg.centered:
+        assert mu_hat is not None
+        # The variance can round below zero; clamp so the root stays real.
+        # Where a square overflowed (nu = inf, and then mu^2 = inf too), keep
+        # v = inf, so the step is 0 as documented, rather than inf - inf = NaN.
+        v = jnp.where(nu_hat < jnp.inf, jnp.maximum(nu_hat - _abs_sq(mu_hat), 0), nu_hat)
+    eps = sc.eps
+    d = jnp.sqrt(v + eps) if cfg.eps_in_sqrt else jnp.sqrt(v) + eps
+    # The inner `where` keeps the discarded branch finite so gradients stay finite.
+    if sc.guard_zero_d:
+        positive = d > 0
+        s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
+    else:
+        s = g / d.astype(work)
+    return _storage.saturate_to(s, sc.s_max)  # see scalars()
+
+
+def momentum_step(
+    cfg: Config, s: Array, trace: Array | None, sc: Scalars
+) -> tuple[Array, Array, Array | None]:
+    r"""(step, learning rate, new buffer).
+
+    With ``lr_in_momentum``: :math:`b \leftarrow m b + \eta s`, step :math:`= b`
+    (Nesterov: :math:`\eta s + m b`). Without: :math:`b \leftarrow m b + s`, step
+    :math:`= \eta b` (Nesterov: :math:`\eta (s + m b)`). No momentum: :math:`\eta s`."""
+    assert sc.lr is not None
+    work = s.dtype
+    lr = sc.lr.astype(work)
+    if cfg.momentum is None:
+        return lr * s, lr, None
+    assert sc.momentum is not None and trace is not None
+    m = sc.momentum.astype(work)
+    buf = trace.astype(work)
+    if cfg.lr_in_momentum:
+        new_trace = m * buf + lr * s
+        step = lr * s + m * new_trace if cfg.nesterov else new_trace
+    else:
+        new_trace = m * buf + s
+        step = lr * (s + m * new_trace) if cfg.nesterov else lr * new_trace
+    return step, lr, new_trace
+
+
+def _store_state(
+    new_nu: Any,
+    nu: Any,
+    new_mu: Array | None,
+    mu: Array | None,
+    new_trace: Array | None,
+    trace: Array | None,
+    key: Array | None,
+) -> tuple[Any, Array | None, Array | None]:
+    """The new state in the old state's storage dtypes.
+
+    nu is not saturated: a square beyond its range is +inf, which makes that
+    coordinate's step 0 (documented). mu averages g, so it stays in range; the
+    buffer is bounded through s (see :func:`scalars`)."""
+    keys: list[Array | None] = [None, None, None]
+    if key is not None:
+        keys = [_storage.mix(key, i) for i in range(3)]
+    if _factored.is_factored(new_nu):
+        new_leaves, treedef = _trees.flatten(new_nu)
+        stored_nu = treedef.unflatten(_storage.store_all(new_leaves, jax.tree.leaves(nu), keys[0]))
+    else:
+        stored_nu = _storage.store(new_nu, nu.dtype, keys[0])
+    stored_mu = None
+    if new_mu is not None and mu is not None:
+        stored_mu = _storage.store(new_mu, mu.dtype, keys[1], saturated=True)
+    stored_trace = None
+    if new_trace is not None and trace is not None:
+        stored_trace = _storage.store(new_trace, trace.dtype, keys[2], saturated=True)
+    return stored_nu, stored_mu, stored_trace
+
+
+def leaf_step(
+    cfg: Config,
+    g: Array,
+    p: Array | None,
+    nu: Any,
+    mu: Array | None,
+    trace: Array | None,
+    scalars_of: Callable[[jnp.dtype], Scalars],
+    wd: Any,
+    key: Array | None,
+) -> tuple[Array, Any, Array | None, Array | None]:
+    """One step for one leaf: (update, nu, mu, trace).
+
+    ``wd`` is this leaf's weight decay (None for none); ``key`` is None unless
+    the state is rounded stochastically."""
+    out_dtype = jnp.result_type(g)
+    split = cfg.split_complex and jnp.iscomplexobj(g)
+    if split:
+        g = _dtypes.split_complex(g)
+        p = None if p is None else _dtypes.split_complex(p)
+    real, work = _dtypes.compute_dtypes(g, [*jax.tree.leaves(nu), mu, trace])
+    sc = scalars_of(real)
+
+    g = effective_gradient(cfg, g.astype(work), p, wd, real)
+    axes = None
+    if _factored.is_factored(nu):
+        axes = _factored.factored_axes(g.shape, cfg.min_dim_size_to_factor)
+    new_nu, new_mu = moments(cfg, g, nu, mu, sc, axes, real)
+    nu_hat, mu_hat = debias(new_nu, new_mu, sc, axes)
+    s = normalise(cfg, g, nu_hat, mu_hat, sc)
+
+    new_trace = None
+    if cfg.scale_only:
+        update = s
+    else:
+        step, lr, new_trace = momentum_step(cfg, s, trace, sc)
+        update = -step
+        if wd is not None and cfg.weight_decay_mode == "decoupled":
+            assert p is not None
+            update = _weight_decay.decoupled(update, p, lr, wd, real)
+
+    # A step beyond the range of the gradient's dtype (float16 tops out at
+    # 65504; g / eps with a zero variance can exceed any range) saturates at
+    # the largest finite value instead of becoming Inf.
+    if split:
+        update = _dtypes.merge_complex(update, out_dtype)
+    else:
+        update = _storage.saturate(update, out_dtype)
+    return (
+        update.astype(out_dtype),
+        *_store_state(new_nu, nu, new_mu, mu, new_trace, trace, key),
+    )
