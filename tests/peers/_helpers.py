@@ -25,7 +25,8 @@ def assert_trees_close(got, want, rtol: float, atol: float = 0.0, what: str = ""
 
 
 def state_field(state, name: str):
-    """The one ``name`` field (``nu``, ``mu``, ``trace``) found anywhere in a state."""
+    """The one ``name`` field (``count``, ``nu``, ``mu``, ``trace``) anywhere in a state:
+    None where there is none, KeyError where there are several."""
     return optax.tree_utils.tree_get(state, name)
 
 
