@@ -282,8 +282,11 @@ def test_every_factory_works_inside_inject_hyperparams(name, variant):
         grads, state, None if variant == "no_params" else params
     )
     want_updates, want_state = plain_step(name)
-    assert_trees_close(updates, want_updates, rtol=1e-6, atol=1e-7)
-    compare_states(new_state.inner_state, want_state, rtol=1e-6)
+    # Injected hyperparameters are float32 arrays, no longer Python numbers: a
+    # bias correction 1 - decay**t may then be computed another way, which in
+    # float32 changes it by a few 1e-7 relative; hence 1e-5, not 1e-6.
+    assert_trees_close(updates, want_updates, rtol=1e-5, atol=1e-7)
+    compare_states(new_state.inner_state, want_state, rtol=1e-5)
 
 
 # --------------------------------------------------------------------------
