@@ -188,8 +188,8 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(name):
 # the un-injected transform's.
 
 EAGER_MOMENTUM = (
-    "an injected momentum of 0 builds no momentum buffer at eager init, which the "
-    "jitted update then expects ('Expected list, got None')"
+    "an injected momentum of 0 builds no momentum buffer at eager init, but the jitted "
+    "update, where momentum is a tracer, expects one (AssertionError in _leaf_step)"
 )
 WD_NEEDS_PARAMS = (
     "the injected weight_decay=0 default is a tracer in update, which then refuses "
