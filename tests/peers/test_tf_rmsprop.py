@@ -68,10 +68,10 @@ def run_preset(opt, dtype, steps, grads=GRADS, start=VARS):
     params = tuple(jnp.asarray(v, dtype) for v in start)
     grads = tuple(jnp.asarray(g, dtype) for g in grads)
     state = opt.init(params)
-    update = jax.jit(opt.update)
     out = []
     for _ in range(steps):
-        updates, state = update(grads, state, params)
+        # Eager: a jitted update would compile once per configuration.
+        updates, state = opt.update(grads, state, params)
         params = optax.apply_updates(params, updates)
         out.append((params, updates, state))
     return out
