@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 _MAX_SHOWN = 5
@@ -25,16 +26,26 @@ def _key_name(key: Any) -> str:
     return str(key)
 
 
+def _shape_and_dtype(leaf: Any) -> tuple[tuple[int, ...], str]:
+    """An array's (or array metadata's) shape and dtype; a Python number counts as
+    the 0-d array jax makes of it (an int is int32, a float float32)."""
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+        return tuple(leaf.shape), str(np.dtype(leaf.dtype))
+    if isinstance(leaf, (bool, int, float, complex, np.number)):
+        return (), str(jnp.asarray(leaf).dtype)
+    raise ValueError(
+        f"The restored optimizer state holds {leaf!r}, which is not an array; a "
+        "state is a tree of arrays (or of their shape-and-dtype metadata)."
+    )
+
+
 def _layout(tree: Any) -> dict[tuple[str, ...], tuple[tuple[int, ...], str]]:
     """Leaf path (field and key names only) -> (shape, dtype)."""
     # Orbax's checkpoint metadata wraps the tree: StepMetadata.item_metadata.tree.
     tree = getattr(tree, "item_metadata", tree)
     tree = getattr(tree, "tree", tree)
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {
-        tuple(_key_name(k) for k in path): (tuple(np.shape(leaf)), str(np.dtype(leaf.dtype)))
-        for path, leaf in leaves
-    }
+    return {tuple(_key_name(k) for k in path): _shape_and_dtype(leaf) for path, leaf in leaves}
 
 
 def validate_state(state: Any, template: Any) -> Any:

@@ -1,9 +1,11 @@
 """The transformation: state, ``init`` and ``update`` over pytrees.
 
 :func:`build` turns a :class:`~rmsprop_jax._config.Config` into an
-``optax.GradientTransformationExtraArgs``. ``update`` matches the gradients
-against the state, evaluates schedules and per-step scalars once, and calls
-:func:`rmsprop_jax._step.leaf_step` for every leaf.
+``optax.GradientTransformationExtraArgs``. The structure of the state is
+decided once, by ``init``: ``update`` follows the state it is given (which
+fields exist, which leaves are factored), checks the gradients and parameters
+against it, evaluates schedules and per-step scalars once, and calls
+:func:`rmsprop_jax._step.leaf_step` for every trained leaf.
 """
 
 from __future__ import annotations
@@ -31,34 +33,67 @@ class RMSpropState(NamedTuple):
     trace: optax.Updates | None  # momentum buffer; only with momentum.
 
 
-def _init_leaf(cfg: Config, p: Array) -> tuple[Any, Array | None, Array | None]:
-    # State is made *like* the parameter (``full_like``), so it inherits the
-    # parameter's sharding, eagerly and under jit alike.
-    p = jnp.asarray(p)
-    complex_state = _dtypes.is_complex(p)
-    if cfg.split_complex and complex_state:
-        p = _dtypes.split_complex(p)  # shape (..., 2): real and imaginary parts
-        complex_state = False
-    real = _dtypes.state_dtype(jnp.result_type(p))
+def _init_leaf(cfg: Config, p: Any) -> tuple[Any, Array | None, Array | None]:
+    """The state of one parameter leaf, made like it (so it follows its sharding)."""
+    shape, dtype = _trees.shape_and_dtype(p)
+    if not _trees.is_trained(dtype):  # integers, booleans: never updated
+        zeros = lambda: _trees.full_like(p, 0, jnp.dtype(jnp.float32))
+        return (
+            zeros(),
+            zeros() if cfg.centered else None,
+            zeros() if cfg.momentum is not None else None,
+        )
+    complex_state = jnp.issubdtype(dtype, jnp.complexfloating)
+    split = cfg.split_complex and complex_state
+    real = _dtypes.state_dtype(dtype)
     nu_dtype = cfg.nu_dtype or real
     mu_dtype = cfg.mu_dtype or real
-    if complex_state:
+    if complex_state and not split:
         mu_dtype = _dtypes.complex_of(mu_dtype)
+    if split:  # the real and imaginary parts side by side: shape (..., 2)
+        p = _trees.split_complex_like(p, real)
+        shape = (*shape, 2)
     axes = None
     if cfg.factored:
-        axes = _factored.factored_axes(jnp.shape(p), cfg.min_dim_size_to_factor)
+        if cfg.min_dim_size_to_factor is None:
+            raise ValueError(
+                "`min_dim_size_to_factor` must be a concrete Python int when `init` "
+                "runs, got a traced value; with `optax.inject_hyperparams` and a jitted "
+                "`init`, pass `static_args=('min_dim_size_to_factor',)`."
+            )
+        axes = _factored.factored_axes(shape, cfg.min_dim_size_to_factor)
     nu: Any
     if axes is None:
-        nu = jnp.full_like(p, cfg.initial_scale, dtype=nu_dtype)
+        nu = _trees.full_like(p, cfg.initial_scale, nu_dtype)
     else:
         nu = _factored.init(p, axes, cfg.initial_scale, nu_dtype)
-    mu = jnp.zeros_like(p, dtype=mu_dtype) if cfg.centered else None
-    trace = jnp.zeros_like(p, dtype=mu_dtype) if cfg.momentum is not None else None
+    mu = _trees.full_like(p, 0, mu_dtype) if cfg.centered else None
+    trace = _trees.full_like(p, 0, mu_dtype) if cfg.momentum is not None else None
     return nu, mu, trace
 
 
 def _evaluate(rate: Any, count: Array) -> Any:
     return rate(count) if callable(rate) else rate
+
+
+def _check_fields(cfg: Config, state: Any) -> None:
+    """The optional fields of the state are those the configuration uses.
+
+    (A ``None`` parameter tree makes every field ``None``: nothing to check.)"""
+    if getattr(state, "nu", None) is None:
+        return
+    for field, used, option in (
+        ("mu", cfg.centered, "centered=True"),
+        ("trace", cfg.momentum is not None, "momentum"),
+    ):
+        present = getattr(state, field, None) is not None
+        if present != used:
+            raise ValueError(
+                f"The optimizer state {'has' if present else 'has no'} `{field}`, but this "
+                f"optimizer {'does not use' if present else 'uses'} {option}: the state was "
+                "made by `init` of an optimizer with other options. Call `init` of this "
+                "optimizer, or keep the options the state was made with."
+            )
 
 
 def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
@@ -81,33 +116,46 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
     ) -> tuple[optax.Updates, RMSpropState]:
         del extra_args
         g_leaves, treedef = _trees.flatten(updates)
-        try:  # where nu is factored, the state has two arrays for one gradient
-            nu_leaves = treedef.flatten_up_to(state.nu)
-        except (ValueError, TypeError):
-            raise ValueError(
-                "The gradient tree does not match the optimizer state: the "
-                f"gradients have structure {treedef}, but the state was "
-                f"initialised for {jax.tree.structure(state.nu)}. Call `init` with "
-                "parameters shaped like the gradients."
-            ) from None
         n = treedef.num_leaves
+        _check_fields(cfg, state)
+        nu_leaves = _trees.match(treedef, state.nu, "optimizer state")
+        mu_leaves = (
+            _trees.match(treedef, state.mu, "optimizer state") if cfg.centered else [None] * n
+        )
+        has_trace = cfg.momentum is not None
+        tr_leaves = (
+            _trees.match(treedef, state.trace, "optimizer state") if has_trace else [None] * n
+        )
+        paths = _trees.paths(updates)
+        g_leaves = [g if hasattr(g, "dtype") else jnp.asarray(g) for g in g_leaves]
+        trained = [_trees.is_trained(g.dtype) for g in g_leaves]
+        axes = []
+        for path, g, nu, mu, tr in zip(
+            paths, g_leaves, nu_leaves, mu_leaves, tr_leaves, strict=True
+        ):
+            split = cfg.split_complex and jnp.iscomplexobj(g)
+            shape = (*g.shape, 2) if split else tuple(g.shape)
+            axes.append(_trees.check_leaf_state(path, shape, nu, mu, tr))
+
         wd = cfg.weight_decay
-        if wd is not None and n:
+        wd_t = _evaluate(wd, state.count)
+        p_leaves: list[Any] = [None] * n
+        mask: list[Any] = [False] * n
+        if wd is not None and any(trained):
             if params is None:
-                raise ValueError(
-                    "`params` must be passed to `update` when weight decay is "
-                    "used: call `update(grads, state, params)`."
-                )
-            p_leaves = treedef.flatten_up_to(params)
-            mask = _weight_decay.mask_leaves(cfg.weight_decay_mask, params, treedef)
-        else:
-            p_leaves, mask = [None] * n, [False] * n
-        mu_leaves = treedef.flatten_up_to(state.mu) if cfg.centered else [None] * n
-        tr_leaves = treedef.flatten_up_to(state.trace) if cfg.momentum is not None else [None] * n
+                _weight_decay.without_params(wd, wd_t)
+                wd_t = None  # no decay term: it is 0, or the run-time check raises
+            else:
+                p_leaves = _trees.match(treedef, params, "parameters")
+                for path, p, g, t in zip(paths, p_leaves, g_leaves, trained, strict=True):
+                    if t:
+                        _trees.check_param(path, p, tuple(g.shape))
+                mask = _weight_decay.mask_leaves(cfg.weight_decay_mask, params, treedef)
+        if wd_t is None:
+            mask = [False] * n
 
         lr = _evaluate(cfg.learning_rate, state.count)
-        wd_t = _evaluate(wd, state.count)
-        t = optax.safe_increment(state.count)
+        t = optax.safe_increment(jnp.asarray(state.count))
         keys: list[Array | None] = [None] * n
         if cfg.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
@@ -116,15 +164,29 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
 
         def scalars_of(real: jnp.dtype) -> _step.Scalars:
             if real not in cache:
-                cache[real] = _step.scalars(cfg, real, lr, t)
+                cache[real] = _step.scalars(cfg, real, lr, wd_t, t)
             return cache[real]
 
-        results = [
-            _step.leaf_step(cfg, g, p, nu, mu, tr, scalars_of, _weight_decay.leaf_value(wd_t, m), k)
-            for g, p, nu, mu, tr, m, k in zip(
-                g_leaves, p_leaves, nu_leaves, mu_leaves, tr_leaves, mask, keys, strict=True
+        results = []
+        for i in range(n):
+            g, nu, mu, tr = g_leaves[i], nu_leaves[i], mu_leaves[i], tr_leaves[i]
+            if not trained[i]:  # integer and boolean leaves: a zero update, state kept
+                results.append((jnp.zeros_like(g), nu, mu, tr))
+                continue
+            results.append(
+                _step.leaf_step(
+                    cfg,
+                    g,
+                    p_leaves[i],
+                    nu,
+                    mu,
+                    tr,
+                    axes[i],
+                    scalars_of,
+                    _weight_decay.leaf_value(wd_t, mask[i]),
+                    keys[i],
+                )
             )
-        ]
         new_updates, new_nu, new_mu, new_trace = (
             treedef.unflatten([r[i] for r in results]) for i in range(4)
         )
@@ -132,7 +194,7 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
             count=t,
             nu=new_nu,
             mu=new_mu if cfg.centered else None,
-            trace=new_trace if cfg.momentum is not None else None,
+            trace=new_trace if has_trace else None,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

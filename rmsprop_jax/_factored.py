@@ -54,14 +54,12 @@ def is_factored(nu: Any) -> bool:
     return not hasattr(nu, "dtype")
 
 
-def init(p: Array, axes: tuple[int, int], value: Any, dtype: jnp.dtype) -> FactoredNu:
-    """Factors filled with ``value``, made *like* slices of ``p`` (so they follow
-    its sharding)."""
+def init(p: Any, axes: tuple[int, int], value: Any, dtype: jnp.dtype) -> FactoredNu:
+    """Factors filled with ``value``, sharded like ``p`` on the axes they keep."""
     a, b = axes
-    first_of = lambda axis: jax.lax.index_in_dim(p, 0, axis, keepdims=True)
     return FactoredNu(
-        row=jnp.full_like(first_of(b), value, dtype=dtype),
-        col=jnp.full_like(first_of(a), value, dtype=dtype),
+        row=_trees.full_like(p, value, dtype, reduced_axis=b),
+        col=_trees.full_like(p, value, dtype, reduced_axis=a),
     )
 
 
@@ -77,24 +75,46 @@ def unpack(nu: Any, axes: tuple[int, int]) -> tuple[Array, Array, Callable[[Any,
     return row, col, rebuild
 
 
+def _mean(x: Array, axis: int) -> Array:
+    """The mean over ``axis``, keeping it; each term is divided before the sum, so
+    that values up to the largest finite number average without overflowing."""
+    return jnp.sum(x * (1 / x.shape[axis]), axis=axis, keepdims=True)
+
+
 def update(
     g2: Array,
     row: Array,
     col: Array,
     axes: tuple[int, int],
-    decay: Array,
+    decay: Array | None,
     one_minus_decay: Array,
     real: jnp.dtype,
-) -> tuple[Array, Array]:
-    """The moving averages of |g|^2 over the rows and over the columns."""
+) -> tuple[Array, Array, Array]:
+    """(row, col, finite): the moving averages of |g|^2 over the rows and over
+    the columns, and where |g|^2 is finite.
+
+    A square that overflowed (|g|^2 = inf) is left out of the averages, which
+    stay finite (they are also bounded by the largest finite number), and that
+    coordinate's step is made 0 (see ``_step.normalise``): the factored
+    counterpart of a full second moment that becomes inf there. ``decay`` is
+    None where it is zero."""
     a, b = axes
-    row = one_minus_decay * jnp.mean(g2, axis=b, keepdims=True) + decay * row.astype(real)
-    col = one_minus_decay * jnp.mean(g2, axis=a, keepdims=True) + decay * col.astype(real)
-    return row, col
+    finite = g2 < jnp.inf
+    g2 = jnp.where(finite, g2, 0)
+    largest = jnp.finfo(real).max
+    new_row = one_minus_decay * _mean(g2, b)
+    new_col = one_minus_decay * _mean(g2, a)
+    if decay is not None:
+        new_row = new_row + decay * row.astype(real)
+        new_col = new_col + decay * col.astype(real)
+    return jnp.minimum(new_row, largest), jnp.minimum(new_col, largest), finite
 
 
 def estimate(row: Array, col: Array, a: int) -> Array:
-    """The full second moment from its factors: row * col / mean(row)."""
-    scale = jnp.mean(row, axis=a, keepdims=True)
+    """The full second moment from its factors: (row / mean(row)) * col.
+
+    Dividing first keeps the product from overflowing: row / mean(row) is at
+    most the number of rows."""
+    scale = _mean(row, a)
     ok = scale > 0
-    return jnp.where(ok, row * col / jnp.where(ok, scale, 1), 0)
+    return jnp.where(ok, (row / jnp.where(ok, scale, 1)) * col, 0)

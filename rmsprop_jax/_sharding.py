@@ -14,6 +14,8 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from rmsprop_jax._factored import FactoredNu
+
 
 def _spec_of(leaf: Any, ndim: int) -> list[Any]:
     sharding = getattr(leaf, "sharding", None)
@@ -33,7 +35,8 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
     parameter's, or replicated) is kept and ``axis`` is added on the largest
     dimension that is not sharded yet and that the size of ``axis`` divides.
     A leaf with no such dimension (a scalar such as ``count``, or odd sizes),
-    or that is already sharded over ``axis``, keeps its sharding. Use the result
+    or that is already sharded over ``axis``, keeps its sharding, and so do the
+    factors of a factored second moment (they are O(rows + cols)). Use the result
     as the state's ``out_shardings`` (ZeRO stage 1): per-device state memory
     falls by the size of ``axis``, and results do not change.
 
@@ -72,4 +75,15 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
                 spec[max(free, key=lambda d: (shape[d], -d))] = axis
         return NamedSharding(mesh, PartitionSpec(*spec))
 
-    return jax.tree.map(one, state)
+    def keep(leaf: Any) -> NamedSharding:
+        return NamedSharding(mesh, PartitionSpec(*_spec_of(leaf, len(leaf.shape))))
+
+    def place(x: Any) -> Any:
+        # A factored second moment is O(rows + cols): its factors keep their own
+        # sharding (splitting both over one axis would shard their outer
+        # product twice over it).
+        if isinstance(x, FactoredNu):
+            return FactoredNu(*(keep(leaf) for leaf in x))
+        return one(x)
+
+    return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, FactoredNu))

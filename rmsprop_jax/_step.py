@@ -35,7 +35,8 @@ class Scalars(NamedTuple):
     """The step's scalar hyperparameters in one dtype, made once per step and
     dtype rather than once per leaf (a 2000-leaf tree compiled 2x slower)."""
 
-    decay: Array
+    decay: Array | None  # None where decay is concretely 0: no decay * nu term
+    decay_traced: bool  # decay known only at run time: guard 0 * inf
     one_minus_decay: Array
     eps: Array
     lr: Array | None
@@ -45,11 +46,16 @@ class Scalars(NamedTuple):
     guard_zero_d: bool  # False when eps alone keeps the denominator positive
 
 
+def _is_python_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
+
+
 def _one_minus(x: Any, dtype: jnp.dtype) -> Array:
     """``1 - x`` in ``dtype``; a Python number is subtracted in float64 first,
-    as optax does, so that ``1 - 0.9`` is not rounded twice."""
-    if isinstance(x, (int, float)):
-        return jnp.asarray(1 - x, dtype)
+    as optax does, so that ``1 - 0.9`` is not rounded twice and ``1 - x`` of an
+    ``x`` that rounds to 1 in ``dtype`` is not 0."""
+    if _is_python_number(x):
+        return jnp.asarray(1 - float(x), dtype)
     return 1 - jnp.asarray(x, dtype)
 
 
@@ -62,31 +68,100 @@ def _eps_keeps_d_positive(eps: Any, real: jnp.dtype) -> bool:
     return bool(np.all(np.asarray(eps, np.float64) >= float(jnp.finfo(real).tiny)))
 
 
-def scalars(cfg: Config, real: jnp.dtype, lr: Any, t: Array) -> Scalars:
+def _rate(name: str, value: Any, real: jnp.dtype) -> Array:
+    """A learning rate or weight decay at this step, in ``real``.
+
+    A concrete value beyond the range of ``real`` cannot be honoured and is
+    refused; a value known only at run time (a schedule under jit, an injected
+    hyperparameter) is bounded to the finite range, so that it cannot turn a
+    step into inf or NaN."""
+    if np.ndim(value) != 0:
+        raise ValueError(
+            f"`{name}` must be a scalar at every step; its schedule returned shape "
+            f"{np.shape(value)}."
+        )
+    largest = float(jnp.finfo(real).max)
+    if not isinstance(value, jax.core.Tracer):
+        x = float(np.asarray(value, np.float64).real)
+        if not abs(x) <= largest:
+            raise ValueError(
+                f"`{name}` is {x!r} at this step, beyond the range of "
+                f"{jnp.dtype(real).name}, the dtype this step is computed in (largest "
+                f"{largest:.4g}); use a smaller value or float64 parameters."
+            )
+        return jnp.asarray(value, real)
+    value = jnp.asarray(value).real.astype(real)
+    return jnp.clip(value, -largest, largest)
+
+
+def scalars(cfg: Config, real: jnp.dtype, lr: Any, wd: Any, t: Array) -> Scalars:
     """The scalars of step ``t`` (1, 2, ...) in dtype ``real``."""
-    decay = jnp.asarray(cfg.decay, real)
-    lr_r = None if cfg.scale_only else jnp.asarray(lr, real)
+    decay_zero = _is_python_number(cfg.decay) and float(cfg.decay) == 0
+    decay = None if decay_zero else jnp.asarray(cfg.decay, real)
+    lr_r = None if cfg.scale_only else _rate("learning_rate", lr, real)
+    if wd is not None:
+        _rate("weight_decay", wd, real)  # refuses what cannot be honoured
     m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
+    finfo = jnp.finfo(real)
     # s = g / d can be astronomically large (g / eps with a zero variance). It
     # is bounded so that lr * s and the momentum buffer (which grows to
     # lr * s / (1 - m)) stay finite: 0 * inf would be NaN. Bounding s once is
     # free; clamping the stored buffer instead made XLA copy and re-read the
-    # state (a 5x slower step).
-    s_max = jnp.asarray(jnp.finfo(real).max, real)
+    # state (a 5x slower step). A momentum that rounds to 1 in this dtype
+    # (1 - m below its resolution) keeps the bound at max * eps, not 0.
+    s_max = jnp.asarray(finfo.max, real)
     if m is not None:
-        s_max = s_max * (1 - m)
+        s_max = s_max * jnp.maximum(_one_minus(cfg.momentum, real), finfo.eps)
     if lr_r is not None:
         s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
     return Scalars(
         decay=decay,
+        decay_traced=decay is not None and not _is_python_number(cfg.decay),
         one_minus_decay=_one_minus(cfg.decay, real),
         eps=jnp.asarray(cfg.eps, real),
         lr=lr_r,
         momentum=m,
-        correction=1 - decay ** t.astype(real) if cfg.bias_correction else None,
+        correction=_bias_correction(cfg, real, t) if cfg.bias_correction else None,
         s_max=s_max,
         guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
     )
+
+
+def _bias_correction(cfg: Config, real: jnp.dtype, t: Array) -> Array | None:
+    r""":math:`1 - \rho^t`, as optax computes it, kept exact where that cannot be.
+
+    A Python-number decay that rounds to 1 in ``real`` (0.99999999 in
+    float32) would make :math:`1 - \rho^t` exactly 0; there it is computed as
+    :math:`-\operatorname{expm1}(t \log\rho)` with :math:`\log\rho` taken in
+    float64. A traced decay (known at run time only) is kept above zero."""
+    decay = jnp.asarray(cfg.decay, real)
+    if _is_python_number(cfg.decay):
+        if float(cfg.decay) == 0:
+            return None  # 1 - 0^t = 1
+        if float(np.asarray(cfg.decay, real)) == 1:
+            log_decay = jnp.asarray(np.log1p(-(1 - float(cfg.decay))), real)
+            return -jnp.expm1(t.astype(real) * log_decay)
+        return 1 - decay ** t.astype(real)
+    return jnp.maximum(1 - decay ** t.astype(real), jnp.finfo(real).tiny)
+
+
+@jax.custom_jvp
+def _sqrt(x: Array) -> Array:
+    """``jnp.sqrt`` whose derivative at 0 is 0 rather than inf.
+
+    The forward program is the same; only differentiation through ``update``
+    (meta-learning) sees the difference: where the second moment is 0 (a
+    parameter that has only seen zero gradients) its tangent is 0 too, and an
+    infinite derivative would turn 0 * inf into NaN."""
+    return jnp.sqrt(x)
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Array]:
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    positive = y > 0
+    return y, jnp.where(positive, dx / (2 * jnp.where(positive, y, 1)), 0)
 
 
 def _abs_sq(x: Array) -> Array:
@@ -110,6 +185,17 @@ def effective_gradient(cfg: Config, g: Array, p: Array | None, wd: Any, real: jn
     return g
 
 
+def _decayed(sc: Scalars, x: Array) -> Array | None:
+    """:math:`\rho x`; None where the decay is concretely 0. Where it is known only
+    at run time, 0 * inf (a square that overflowed earlier) is taken as 0."""
+    if sc.decay is None:
+        return None
+    decay = sc.decay.astype(x.dtype)
+    if sc.decay_traced:
+        return jnp.where(decay > 0, decay * x, 0)
+    return decay * x
+
+
 def moments(
     cfg: Config,
     g: Array,
@@ -118,23 +204,31 @@ def moments(
     sc: Scalars,
     axes: tuple[int, int] | None,
     real: jnp.dtype,
-) -> tuple[Any, Array | None]:
-    r""":math:`\nu \leftarrow \rho\nu + (1-\rho)|g|^2` (or its factors);
-    :math:`\mu \leftarrow \rho\mu + (1-\rho)g` when centered."""
-    decay, one_minus_decay = sc.decay, sc.one_minus_decay
+) -> tuple[Any, Array | None, Array | None]:
+    r"""(nu, mu, finite): :math:`\nu \leftarrow \rho\nu + (1-\rho)|g|^2` (or its factors);
+    :math:`\mu \leftarrow \rho\mu + (1-\rho)g` when centered; for factored
+    leaves, where :math:`|g|^2` is finite (see ``_factored.update``)."""
+    one_minus_decay = sc.one_minus_decay
     g2 = _abs_sq(g)
+    finite = None
     if axes is not None:
         row, col, rebuild = _factored.unpack(nu, axes)
-        row, col = _factored.update(g2, row, col, axes, decay, one_minus_decay, real)
+        row, col, finite = _factored.update(g2, row, col, axes, sc.decay, one_minus_decay, real)
         new_nu: Any = rebuild(row, col)
     else:
-        new_nu = one_minus_decay * g2 + decay * nu.astype(real)
+        new_nu = one_minus_decay * g2
+        decayed = _decayed(sc, nu.astype(real))
+        if decayed is not None:
+            new_nu = new_nu + decayed
     new_mu = None
     if cfg.centered:
         assert mu is not None
         work = g.dtype
-        new_mu = one_minus_decay.astype(work) * g + decay.astype(work) * mu.astype(work)
-    return new_nu, new_mu
+        new_mu = one_minus_decay.astype(work) * g
+        decayed = _decayed(sc, mu.astype(work))
+        if decayed is not None:
+            new_mu = new_mu + decayed
+    return new_nu, new_mu, finite
 
 
 def debias(
@@ -157,12 +251,21 @@ def debias(
     return nu_hat, mu_hat
 
 
-def normalise(cfg: Config, g: Array, nu_hat: Array, mu_hat: Array | None, sc: Scalars) -> Array:
+def normalise(
+    cfg: Config,
+    g: Array,
+    nu_hat: Array,
+    mu_hat: Array | None,
+    finite: Array | None,
+    sc: Scalars,
+) -> Array:
     r""":math:`s = g / d`, :math:`d = \sqrt{v + \epsilon}` or :math:`\sqrt{v} + \epsilon`,
     with :math:`v = \max(\hat\nu - |\hat\mu|^2, 0)` when centered, else :math:`\hat\nu`.
 
     Where :math:`d = 0` (only with ``eps == 0`` and no history) :math:`s = 0`,
-    not 0/0; and :math:`|s|` is bounded so that later products stay finite."""
+    not 0/0; where a square overflowed, :math:`s = 0` (a full :math:`\nu` is inf
+    there, which gives it; a factored one says so through ``finite``); and
+    :math:`|s|` is bounded so that later products stay finite."""
     work = g.dtype
     v = nu_hat
     if cfg.centered:
@@ -172,20 +275,22 @@ def normalise(cfg: Config, g: Array, nu_hat: Array, mu_hat: Array | None, sc: Sc
         # v = inf, so the step is 0 as documented, rather than inf - inf = NaN.
         v = jnp.where(nu_hat < jnp.inf, jnp.maximum(nu_hat - _abs_sq(mu_hat), 0), nu_hat)
     eps = sc.eps
-    d = jnp.sqrt(v + eps) if cfg.eps_in_sqrt else jnp.sqrt(v) + eps
+    d = _sqrt(v + eps) if cfg.eps_in_sqrt else _sqrt(v) + eps
     # The inner `where` keeps the discarded branch finite so gradients stay finite.
     if sc.guard_zero_d:
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
     else:
         s = g / d.astype(work)
+    if finite is not None:
+        s = jnp.where(finite, s, 0)
     return _storage.saturate_to(s, sc.s_max)  # see scalars()
 
 
 def momentum_step(
     cfg: Config, s: Array, trace: Array | None, sc: Scalars
-) -> tuple[Array, Array, Array | None]:
-    r"""(step, learning rate, new buffer).
+) -> tuple[Array, Array | None]:
+    r"""(step, new buffer).
 
     With ``lr_in_momentum``: :math:`b \leftarrow m b + \eta s`, step :math:`= b`
     (Nesterov: :math:`\eta s + m b`). Without: :math:`b \leftarrow m b + s`, step
@@ -194,7 +299,7 @@ def momentum_step(
     work = s.dtype
     lr = sc.lr.astype(work)
     if cfg.momentum is None:
-        return lr * s, lr, None
+        return lr * s, None
     assert sc.momentum is not None and trace is not None
     m = sc.momentum.astype(work)
     buf = trace.astype(work)
@@ -204,7 +309,7 @@ def momentum_step(
     else:
         new_trace = m * buf + s
         step = lr * (s + m * new_trace) if cfg.nesterov else lr * new_trace
-    return step, lr, new_trace
+    return step, new_trace
 
 
 def _store_state(
@@ -245,45 +350,44 @@ def leaf_step(
     nu: Any,
     mu: Array | None,
     trace: Array | None,
+    axes: tuple[int, int] | None,
     scalars_of: Callable[[jnp.dtype], Scalars],
     wd: Any,
     key: Array | None,
 ) -> tuple[Array, Any, Array | None, Array | None]:
     """One step for one leaf: (update, nu, mu, trace).
 
+    ``axes`` are the factored axes of ``nu`` (None for a full second moment);
     ``wd`` is this leaf's weight decay (None for none); ``key`` is None unless
     the state is rounded stochastically."""
     out_dtype = jnp.result_type(g)
     split = cfg.split_complex and jnp.iscomplexobj(g)
     if split:
         g = _dtypes.split_complex(g)
-        p = None if p is None else _dtypes.split_complex(p)
+        p = None if p is None else _dtypes.split_complex(jnp.asarray(p))
     real, work = _dtypes.compute_dtypes(g, [*jax.tree.leaves(nu), mu, trace])
     sc = scalars_of(real)
 
     g = effective_gradient(cfg, g.astype(work), p, wd, real)
-    axes = None
-    if _factored.is_factored(nu):
-        axes = _factored.factored_axes(g.shape, cfg.min_dim_size_to_factor)
-    new_nu, new_mu = moments(cfg, g, nu, mu, sc, axes, real)
+    new_nu, new_mu, finite = moments(cfg, g, nu, mu, sc, axes, real)
     nu_hat, mu_hat = debias(new_nu, new_mu, sc, axes)
-    s = normalise(cfg, g, nu_hat, mu_hat, sc)
+    s = normalise(cfg, g, nu_hat, mu_hat, finite, sc)
 
     new_trace = None
     if cfg.scale_only:
         update = s
     else:
-        step, lr, new_trace = momentum_step(cfg, s, trace, sc)
+        step, new_trace = momentum_step(cfg, s, trace, sc)
         update = -step
         if wd is not None and cfg.weight_decay_mode == "decoupled":
-            assert p is not None
-            update = _weight_decay.decoupled(update, p, lr, wd, real)
+            assert p is not None and sc.lr is not None
+            update = _weight_decay.decoupled(update, jnp.asarray(p), sc.lr, wd, real)
 
     # A step beyond the range of the gradient's dtype (float16 tops out at
     # 65504; g / eps with a zero variance can exceed any range) saturates at
     # the largest finite value instead of becoming Inf.
     if split:
-        update = _dtypes.merge_complex(update, out_dtype)
+        update = _dtypes.merge_complex(_storage.saturate(update, out_dtype), out_dtype)
     else:
         update = _storage.saturate(update, out_dtype)
     return (

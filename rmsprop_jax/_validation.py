@@ -3,7 +3,11 @@
 Only concrete values are checked: a tracer (under ``jax.jit``/``jax.vmap``, as
 ``optax.inject_hyperparams`` produces) cannot be read without breaking the
 trace, so it passes unchecked. Every error is a ``ValueError`` whose message
-names the argument in backticks, the allowed range and the value received.
+names the argument in backticks, the allowed range and the value received,
+as given (``None`` as ``None``).
+
+Numbers must be real, finite scalars: a Python or NumPy number, or a 0-d
+array. Bools and strings are refused even though NumPy would convert them.
 """
 
 from __future__ import annotations
@@ -15,61 +19,120 @@ import jax.numpy as jnp
 import numpy as np
 
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")
+STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+_SEED_LIMIT = 2**32
 
 
-def _concrete(name: str, value: Any) -> np.ndarray | None:
-    """Returns ``value`` as a float64 NumPy array, or None for a tracer."""
-    if isinstance(value, jax.core.Tracer):
+def is_traced(value: Any) -> bool:
+    return isinstance(value, jax.core.Tracer)
+
+
+def _show(value: Any) -> str:
+    """The value as the user gave it: repr for Python objects, the number for 0-d arrays."""
+    if isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0:
+        return repr(np.asarray(value).item())
+    return repr(value)
+
+
+def _number(name: str, value: Any, allowed: str) -> float | None:
+    """A concrete real scalar as a float; None for a tracer; ValueError otherwise.
+
+    ``allowed`` is the range, for the message (e.g. "in [0, 1)")."""
+    if is_traced(value):
         return None
-    if isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be a number, got the boolean {value!r}.")
-    if isinstance(value, (str, bytes)):
-        raise ValueError(f"`{name}` must be a number or an array of numbers, got {value!r}.")
+    if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ValueError(f"`{name}` must be a number {allowed}, got {_show(value)}.")
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.bool_):
+        raise ValueError(
+            f"`{name}` must be a number {allowed}, got a boolean array {_show(value)}. "
+            "(optax.inject_hyperparams stores hyperparameters in the parameters' dtype; "
+            "for parameters with no floating leaf pass `hyperparam_dtype=jnp.float32` to it.)"
+        )
     try:
-        return np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
+        array = np.asarray(value)
+    except Exception:
+        raise ValueError(f"`{name}` must be a number {allowed}, got {_show(value)}.") from None
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
         raise ValueError(
-            f"`{name}` must be a number or an array of numbers, got {value!r}."
-        ) from None
-
-
-def _show(values: np.ndarray) -> str:
-    return repr(values.item()) if values.size == 1 else np.array2string(values)
-
-
-def check_nonnegative(name: str, value: Any) -> None:
-    """Raises if a concrete ``value`` has an element < 0 or NaN."""
-    values = _concrete(name, value)
-    if values is not None and not np.all(values >= 0):
-        raise ValueError(f"`{name}` must be >= 0, got {_show(values)}.")
-
-
-def check_rate(name: str, value: Any) -> None:
-    """A learning rate or weight decay: a callable schedule, or a number >= 0."""
-    if callable(value):
-        return
-    values = _concrete(name, value)
-    if values is not None and not np.all(values >= 0):
+            f"`{name}` must be a real number {allowed}, got the complex value {_show(value)}."
+        )
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype, jnp.integer)):
+        raise ValueError(f"`{name}` must be a number {allowed}, got {_show(value)}.")
+    if array.ndim != 0:
         raise ValueError(
-            f"`{name}` must be >= 0 or a schedule (a callable of the step count), "
-            f"got {_show(values)}."
+            f"`{name}` must be a scalar {allowed}, got an array of shape {array.shape}: "
+            f"{np.array2string(array, threshold=8)}."
+        )
+    return float(array.astype(np.float64))
+
+
+def real_array(name: str, value: Any) -> Any:
+    """A complex *array* hyperparameter as its real part.
+
+    ``optax.inject_hyperparams`` stores hyperparameters in the parameters'
+    highest dtype, so a model with complex leaves gets complex hyperparameters
+    whose imaginary part is 0. A concrete one must have a zero imaginary part;
+    a Python complex number is refused by the range checks."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is None or not jnp.issubdtype(dtype, jnp.complexfloating):
+        return value
+    if not is_traced(value) and np.any(np.imag(np.asarray(value)) != 0):
+        raise ValueError(f"`{name}` must be real, got the complex value {_show(value)}.")
+    return jnp.real(value)
+
+
+def check_precise(name: str, value: Any) -> None:
+    """``decay`` and ``momentum`` arrays must be float32 or wider: what matters is
+    1 - x, which bfloat16 and float16 cannot hold (0.999 is 1.0 in bfloat16)."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        raise ValueError(
+            f"`{name}` is a {jnp.dtype(dtype).name} array, which cannot hold it precisely "
+            "(1 - 0.999 is 0 in bfloat16). optax.inject_hyperparams stores hyperparameters "
+            "in the parameters' dtype: pass `hyperparam_dtype=jnp.float32` to it."
         )
 
 
+def check_nonnegative(name: str, value: Any) -> None:
+    """A finite number >= 0."""
+    x = _number(name, value, ">= 0")
+    if x is not None and not (0 <= x < np.inf):
+        raise ValueError(f"`{name}` must be a finite number >= 0, got {_show(value)}.")
+
+
+def check_rate(name: str, value: Any) -> None:
+    """A learning rate or weight decay: a callable schedule, or a finite number >= 0."""
+    if callable(value):
+        return
+    allowed = ">= 0 or a schedule (a function of the step count)"
+    x = _number(name, value, allowed)
+    if x is not None and not (0 <= x < np.inf):
+        raise ValueError(f"`{name}` must be finite and {allowed}, got {_show(value)}.")
+
+
 def check_unit_interval(name: str, value: Any) -> None:
-    """Raises unless a concrete ``value`` lies in [0, 1)."""
-    values = _concrete(name, value)
-    if values is not None and not np.all((values >= 0) & (values < 1)):
-        raise ValueError(f"`{name}` must be in [0, 1), got {_show(values)}.")
+    """A number in [0, 1)."""
+    x = _number(name, value, "in [0, 1)")
+    if x is not None and not (0 <= x < 1):
+        raise ValueError(f"`{name}` must be in [0, 1), got {_show(value)}.")
 
 
 def is_zero(value: Any) -> bool:
-    """True only when ``value`` is concrete and every element is exactly 0."""
+    """True only when ``value`` is None, or concrete and exactly 0."""
     if value is None:
         return True
-    if callable(value) or isinstance(value, jax.core.Tracer):
+    if callable(value) or is_traced(value):
         return False
     return bool(np.all(np.asarray(value) == 0))
+
+
+def is_python_zero(value: Any) -> bool:
+    """None, or a Python/NumPy *number* equal to 0 (not an array: an array may be an
+    injected hyperparameter whose value changes later)."""
+    if value is None:
+        return True
+    return isinstance(value, (int, float, np.number)) and value == 0
 
 
 def check_momentum(momentum: Any, nesterov: bool, name: str = "momentum") -> None:
@@ -82,11 +145,11 @@ def check_momentum(momentum: Any, nesterov: bool, name: str = "momentum") -> Non
         )
 
 
-def check_bias_correction(bias_correction: bool, initial_scale: Any) -> None:
-    if bias_correction and not is_zero(initial_scale):
+def check_bias_correction(bias_correction: bool, initial_scale: Any, name: str) -> None:
+    if bias_correction and not is_traced(initial_scale) and not is_zero(initial_scale):
         raise ValueError(
-            "`bias_correction=True` needs `initial_scale` == 0 (the correction "
-            f"assumes the average starts at zero), got initial_scale={initial_scale!r}."
+            f"`bias_correction=True` needs `{name}` == 0 (the correction assumes the "
+            f"average starts at zero), got {name}={_show(initial_scale)}."
         )
 
 
@@ -95,22 +158,21 @@ def check_weight_decay_mode(mode: Any) -> None:
         raise ValueError(f"`weight_decay_mode` must be one of {WEIGHT_DECAY_MODES}, got {mode!r}.")
 
 
-def check_float_dtype(name: str, dtype: Any) -> jnp.dtype | None:
-    """Returns the canonical dtype, None for None; raises for non-float dtypes."""
+def check_state_dtype(name: str, dtype: Any) -> jnp.dtype | None:
+    """One of float16, bfloat16, float32, float64 (as the dtype); None for None."""
     if dtype is None:
         return None
+    if isinstance(dtype, (jax.Array, np.ndarray)):
+        # optax.inject_hyperparams takes a dtype class for a schedule and passes
+        # an array of that dtype: it is the dtype that was meant.
+        dtype = dtype.dtype
+    message = f"`{name}` must be one of {', '.join(STATE_DTYPES)} or None, got {dtype!r}."
     try:
         canonical = jnp.dtype(dtype)
     except TypeError:
-        raise ValueError(
-            f"`{name}` must be a real floating dtype such as jnp.float32 or "
-            f"jnp.bfloat16, or None, got {dtype!r}."
-        ) from None
-    if not jnp.issubdtype(canonical, jnp.floating):
-        raise ValueError(
-            f"`{name}` must be a real floating dtype such as jnp.float32 or "
-            f"jnp.bfloat16, or None, got {canonical}."
-        )
+        raise ValueError(message) from None
+    if canonical.name not in STATE_DTYPES:
+        raise ValueError(message)
     return canonical
 
 
@@ -120,14 +182,27 @@ def check_static_bool(name: str, value: Any) -> None:
         raise ValueError(f"`{name}` must be True or False, got {value!r}.")
 
 
+def check_seed(name: str, seed: Any) -> None:
+    """A 32-bit unsigned integer; a traced seed passes."""
+    if is_traced(seed):
+        return
+    allowed = f"an integer in [0, 2**32) (a 32-bit unsigned seed), got {_show(seed)}"
+    if isinstance(seed, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be {allowed}.")
+    array = np.asarray(seed) if isinstance(seed, (int, np.integer, jax.Array, np.ndarray)) else None
+    if array is None or array.ndim != 0 or not jnp.issubdtype(array.dtype, jnp.integer):
+        raise ValueError(f"`{name}` must be {allowed}.")
+    if not 0 <= int(array) < _SEED_LIMIT:
+        raise ValueError(f"`{name}` must be {allowed}.")
+
+
 def static_int(name: str, value: Any, *, needed: bool, minimum: int) -> int | None:
-    """An int argument that shapes the program (e.g. which leaves are factored).
+    """An int argument that shapes the program (which leaves are factored).
 
     ``optax.inject_hyperparams`` turns int arguments into arrays, and under
     ``jax.jit`` into tracers. A concrete array is read; a tracer is accepted
-    only where the value is not ``needed`` (returns None).
-    """
-    if isinstance(value, jax.core.Tracer):
+    only where the value is not ``needed`` (returns None)."""
+    if is_traced(value):
         if needed:
             raise ValueError(
                 f"`{name}` must be a concrete Python int, got a traced value; with "
@@ -146,3 +221,18 @@ def static_int(name: str, value: Any, *, needed: bool, minimum: int) -> int | No
     if int(value) < minimum:
         raise ValueError(f"`{name}` must be an int >= {minimum}, got {int(value)!r}.")
     return int(value)
+
+
+def check_mask_leaves(mask: Any) -> None:
+    """Every leaf of a weight-decay mask is a bool or a boolean array."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(mask)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if isinstance(leaf, (bool, np.bool_)) or (
+            dtype is not None and jnp.issubdtype(dtype, jnp.bool_)
+        ):
+            continue
+        where = jax.tree_util.keystr(path) or "the root"
+        raise ValueError(
+            "`weight_decay_mask` leaves must be True, False or boolean arrays, "
+            f"got {leaf!r} at {where}."
+        )

@@ -122,7 +122,7 @@ def pytorch(
     )
 
 
-def _clip_by_norm_per_leaf(max_norm: float) -> optax.GradientTransformation:
+def _clip_by_norm_per_leaf(max_norm: Any) -> optax.GradientTransformation:
     """Keras' ``clipnorm``: each gradient array scaled to an L2 norm <= max_norm."""
 
     def update_fn(updates: optax.Updates, state: Any, params: Any = None) -> tuple:
@@ -131,7 +131,8 @@ def _clip_by_norm_per_leaf(max_norm: float) -> optax.GradientTransformation:
         def clip(g: jax.Array) -> jax.Array:
             norm = jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g))))
             limit = jnp.asarray(max_norm, norm.dtype)
-            return g * (limit / jnp.maximum(norm, limit)).astype(g.dtype)
+            over = norm > limit
+            return g * jnp.where(over, limit / jnp.where(over, norm, 1), 1).astype(g.dtype)
 
         return jax.tree.map(clip, updates), state
 
@@ -193,14 +194,20 @@ def keras(
             names={"decay": "rho", "eps": "epsilon"},
         )
     )
-    # As in Keras, a clip value of 0 means no clipping.
-    if clipnorm:
-        return optax.chain(_clip_by_norm_per_leaf(clipnorm), core)
-    if global_clipnorm:
-        return optax.chain(optax.clip_by_global_norm(global_clipnorm), core)
-    if clipvalue:
-        return optax.chain(optax.clip(clipvalue), core)
-    return core
+    # As in Keras, a clip value of 0 means no clipping. An array (a value that
+    # optax.inject_hyperparams may change between steps) keeps the clipping in
+    # the program, with 0 turned into no limit when the step runs.
+    if not given or v.is_zero(clips[given[0]]):
+        return core
+    limit = clips[given[0]]
+    if isinstance(limit, (jax.Array, np.ndarray)):
+        limit = jnp.where(limit > 0, limit, jnp.inf)
+    clip = {
+        "clipnorm": _clip_by_norm_per_leaf,
+        "global_clipnorm": optax.clip_by_global_norm,
+        "clipvalue": optax.clip,
+    }[given[0]](limit)
+    return optax.chain(clip, core)
 
 
 def tensorflow_v1(

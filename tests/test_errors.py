@@ -26,16 +26,35 @@ BAD_ARGUMENTS = [
     (dict(nesterov=True, momentum=0.0), "momentum", "> 0", "0.0"),
     (dict(bias_correction=True, initial_scale=1.0), "initial_scale", "== 0", "1.0"),
     (dict(weight_decay_mode="l2"), "weight_decay_mode", "('decoupled', 'coupled')", "'l2'"),
-    (dict(nu_dtype=jnp.int32), "nu_dtype", "real floating dtype", "int32"),
-    (dict(mu_dtype=jnp.complex64), "mu_dtype", "real floating dtype", "complex64"),
-    (dict(nu_dtype="not a dtype"), "nu_dtype", "real floating dtype", "'not a dtype'"),
+    (dict(nu_dtype=jnp.int32), "nu_dtype", "float16, bfloat16, float32, float64", "int32"),
+    (dict(mu_dtype=jnp.complex64), "mu_dtype", "float16, bfloat16", "complex64"),
+    (dict(nu_dtype="not a dtype"), "nu_dtype", "float32", "'not a dtype'"),
+    (dict(nu_dtype=jnp.float8_e4m3fn), "nu_dtype", "float32", "float8_e4m3fn"),
     (dict(decay=np.array([0.5, 2.0])), "decay", "[0, 1)", "[0.5 2. ]"),
     (dict(decay=jnp.asarray(3.0)), "decay", "[0, 1)", "3.0"),
     (dict(centered="yes"), "centered", "True or False", "'yes'"),
     (dict(decay="0.9"), "decay", "a number", "'0.9'"),
     (dict(min_dim_size_to_factor=0), "min_dim_size_to_factor", ">= 1", "0"),
     (dict(min_dim_size_to_factor=2.5), "min_dim_size_to_factor", ">= 1", "2.5"),
-    (dict(seed=-1), "seed", ">= 0", "-1"),
+    (dict(seed=-1), "seed", "[0, 2**32)", "-1"),
+    (dict(seed=2**40), "seed", "[0, 2**32)", "1099511627776"),
+    (dict(seed=1.5), "seed", "integer", "1.5"),
+    (dict(decay=None), "decay", "[0, 1)", "None"),
+    (dict(eps=None), "eps", ">= 0", "None"),
+    (dict(learning_rate=None), "learning_rate", ">= 0", "None"),
+    (dict(learning_rate=float("inf")), "learning_rate", "finite", "inf"),
+    (dict(learning_rate=0.1 + 1j), "learning_rate", "real", "(0.1+1j)"),
+    (dict(learning_rate=jnp.ones(3)), "learning_rate", "scalar", "shape (3,)"),
+    (dict(weight_decay=float("inf")), "weight_decay", "finite", "inf"),
+    (dict(eps=float("nan")), "eps", ">= 0", "nan"),
+    (dict(momentum=True), "momentum", "[0, 1)", "True"),
+    (dict(factored=True, centered=True), "factored=True", "cannot be combined", "centered"),
+    (
+        dict(weight_decay=0.1, weight_decay_mask={"w": "False"}),
+        "weight_decay_mask",
+        "True, False",
+        "'False'",
+    ),
 ]
 
 
@@ -114,3 +133,93 @@ def test_mask_with_wrong_structure():
     params = {"w": jnp.ones(2)}
     with pytest.raises(ValueError, match="`weight_decay_mask`"):
         opt.update(params, opt.init(params), params)
+
+
+# --------------------------------------------------------------------------
+# Errors raised by update, where the gradients, state and params meet.
+
+
+def test_gradient_tree_that_is_a_prefix_of_the_state_is_refused():
+    opt = rmsprop_jax.rmsprop(0.1, momentum=0.9)
+    state = opt.init({"a": {"x": jnp.ones(2), "y": jnp.ones(2)}})
+    with pytest.raises(ValueError, match="does not match") as info:
+        opt.update({"a": jnp.ones(2)}, state)
+    assert "['a']" in str(info.value)
+
+
+def test_gradient_leaf_of_another_shape_is_refused():
+    opt = rmsprop_jax.rmsprop(0.1)
+    state = opt.init({"w": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"shape \(3, 2\).*shape \(2, 3\)"):
+        opt.update({"w": jnp.ones((3, 2))}, state)
+
+
+@pytest.mark.parametrize("bad", [None, {"x": jnp.ones(3)}, jnp.ones(4)])
+def test_params_leaf_that_is_not_the_gradients_array_is_refused(bad):
+    opt = rmsprop_jax.rmsprop(0.1, weight_decay=0.1)
+    params = {"w": jnp.ones(3), "b": jnp.ones(2)}
+    state = opt.init(params)
+    with pytest.raises(ValueError, match=r"`params`|parameters"):
+        opt.update(params, state, {"w": bad, "b": jnp.ones(2)})
+
+
+def test_state_from_other_options_is_refused_by_update():
+    params = {"w": jnp.ones(3)}
+    state = rmsprop_jax.rmsprop(0.1).init(params)
+    with pytest.raises(ValueError, match="`trace`"):
+        rmsprop_jax.rmsprop(0.1, momentum=0.9).update(params, state)
+    with pytest.raises(ValueError, match="`mu`"):
+        rmsprop_jax.rmsprop(0.1, centered=True).update(params, state)
+
+
+def test_learning_rate_beyond_float32_is_refused_at_update_and_used_in_float64(x64):
+    opt = rmsprop_jax.rmsprop(1e39)
+    with pytest.raises(ValueError, match=r"`learning_rate` is 1e\+39.*float32"):
+        opt.update({"w": jnp.ones(2, jnp.float32)}, opt.init({"w": jnp.ones(2, jnp.float32)}))
+    params = {"w": jnp.ones(2, jnp.float64)}
+    updates, _ = opt.update(params, opt.init(params))
+    np.testing.assert_allclose(updates["w"], -1e39 / np.sqrt(0.1 + 1e-8))
+
+
+def test_schedule_returning_an_array_is_refused():
+    opt = rmsprop_jax.rmsprop(lambda count: jnp.full(3, 0.1))
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="scalar at every step"):
+        opt.update(params, opt.init(params))
+
+
+def test_mask_function_returning_non_booleans_is_refused():
+    opt = rmsprop_jax.rmsprop(0.1, weight_decay=0.1, weight_decay_mask=lambda p: {"w": "yes"})
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="`weight_decay_mask`"):
+        opt.update(params, opt.init(params), params)
+
+
+def test_narrow_injected_decay_is_refused_with_the_fix():
+    params = {"w": jnp.ones(3, jnp.bfloat16)}
+    opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=0.1, decay=0.999)
+    with pytest.raises(ValueError, match=r"hyperparam_dtype=jnp\.float32"):
+        opt.init(params)
+    opt = optax.inject_hyperparams(rmsprop_jax.rmsprop, hyperparam_dtype=jnp.float32)(
+        learning_rate=0.1, decay=0.999
+    )
+    with jax.numpy_dtype_promotion("standard"):
+        updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+    np.testing.assert_allclose(
+        np.asarray(updates["w"], np.float32), -0.1 / np.sqrt(1e-3), rtol=1e-2
+    )
+
+
+def test_complex_hyperparameters_from_inject_hyperparams_are_taken_by_their_real_part():
+    params = {"z": jnp.ones(3, jnp.complex64)}
+    opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=0.1, momentum=0.9)
+    with jax.numpy_dtype_promotion("standard"):
+        state = opt.init(params)
+        assert state.hyperparams["learning_rate"].dtype == jnp.complex64  # optax's choice
+        updates, _ = jax.jit(opt.update)(params, state, params)
+    want, _ = rmsprop_jax.rmsprop(0.1, momentum=0.9).update(
+        params, rmsprop_jax.rmsprop(0.1, momentum=0.9).init(params)
+    )
+    np.testing.assert_allclose(updates["z"], want["z"], rtol=1e-6)
+    with pytest.raises(ValueError, match="must be real"):
+        rmsprop_jax.rmsprop(jnp.asarray(0.1 + 0.1j))

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import rmsprop_jax
@@ -82,3 +83,118 @@ def test_float16_update_saturates_instead_of_overflowing():
     assert updates["w"].dtype == jnp.float16
     np.testing.assert_array_equal(updates["w"], [-65504.0, 65504.0])
     assert _finite(state)
+
+
+# --------------------------------------------------------------------------
+# Valid values at the edge of what float32 holds, and leaves of every kind.
+
+
+def test_momentum_that_rounds_to_one_in_float32_still_moves_like_optax():
+    params = {"w": jnp.linspace(-1, 1, 5)}
+    ours, theirs = (
+        rmsprop_jax.rmsprop(0.1, momentum=0.99999999),
+        optax.rmsprop(0.1, momentum=0.99999999),
+    )
+    s1, s2 = ours.init(params), theirs.init(params)
+    for step in range(5):
+        g = {"w": jnp.asarray([1.0, -0.5, 0.25, 2.0, -1.0]) * (step + 1)}
+        u1, s1 = ours.update(g, s1, params)
+        with jax.numpy_dtype_promotion("standard"):
+            u2, s2 = theirs.update(g, s2, params)
+        assert np.all(np.asarray(u1["w"]) != 0)
+        np.testing.assert_allclose(u1["w"], u2["w"], rtol=1e-6)
+
+
+def test_decay_that_rounds_to_one_in_float32_with_bias_correction(x64):
+    """1 - decay**t would be exactly 0 in float32; the step matches float64."""
+    kw = dict(learning_rate=0.1, decay=0.99999999, bias_correction=True)
+    g = np.array([0.5, -2.0, 1.0])
+    got = []
+    for dtype in (jnp.float32, jnp.float64):
+        opt = rmsprop_jax.rmsprop(**kw)
+        params = {"w": jnp.zeros(3, dtype)}
+        state = opt.init(params)
+        for _ in range(3):
+            updates, state = opt.update({"w": jnp.asarray(g, dtype)}, state, params)
+        got.append(np.asarray(updates["w"], np.float64))
+    assert np.all(np.isfinite(got[0]))
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-5)
+    np.testing.assert_allclose(got[1], -0.1 * np.sign(g), rtol=1e-6)  # bias-corrected: g/|g|
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_decay_zero_after_an_overflowed_square(traced):
+    opt_fn = lambda decay: rmsprop_jax.rmsprop(0.1, decay=decay)
+    params = {"w": jnp.ones(2, jnp.bfloat16)}
+
+    def run(decay):
+        opt = opt_fn(decay)
+        state = opt.init(params)
+        out = []
+        for g in ([1e30, 1.0], [1.0, 1.0]):
+            updates, state = opt.update({"w": jnp.asarray(g, jnp.bfloat16)}, state, params)
+            out.append(updates["w"].astype(jnp.float32))
+        return out, state
+
+    (first, second), state = jax.jit(run)(jnp.asarray(0.0)) if traced else run(0.0)
+    first, second = np.asarray(first), np.asarray(second)
+    assert first[0] == 0 and np.isfinite(first).all()
+    np.testing.assert_allclose(second, -0.1, rtol=1e-2)  # nu = g^2 again: the coordinate moves
+    assert np.isfinite(np.asarray(state.nu["w"])).all()
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(eps=0.0),
+        dict(eps=0.0, eps_in_sqrt=False),
+        dict(eps=1e-8, eps_in_sqrt=False),
+        dict(eps=0.0, centered=True, momentum=0.9),
+        dict(eps=0.0, bias_correction=True),
+        dict(eps=0.0, factored=True, min_dim_size_to_factor=2),
+    ],
+)
+def test_meta_gradients_are_finite_where_a_gradient_is_zero(kw):
+    """d(update)/d(lr, decay, eps) through update, with coordinates whose gradient
+    (and so second moment) is exactly 0."""
+
+    def total(hyper):
+        lr, decay, eps = hyper
+        opt = rmsprop_jax.rmsprop(lr, decay=decay, **{**kw, "eps": eps + kw["eps"]})
+        params = {"w": jnp.ones((2, 3))}
+        state = opt.init(params)
+        total = 0.0
+        for g in ([[0.0, 1.0, 0.0], [0.0, -2.0, 0.0]], [[0.0, 0.5, 0.0], [0.0, 1.0, 0.0]]):
+            updates, state = opt.update({"w": jnp.asarray(g)}, state, params)
+            total = total + jnp.sum(updates["w"] ** 2)
+        return total
+
+    grads = jax.grad(total)((jnp.float32(0.1), jnp.float32(0.9), jnp.float32(0.0)))
+    assert all(np.isfinite(np.asarray(x)) for x in grads), grads
+    assert float(grads[0]) > 0  # a larger learning rate makes larger updates
+
+
+def test_integer_boolean_and_python_float_leaves():
+    params = {"w": jnp.ones(3), "i": jnp.arange(3), "b": jnp.array([True, False]), "f": 1.0}
+    opt = rmsprop_jax.rmsprop(0.1, momentum=0.9, weight_decay=0.1, centered=True)
+    state = opt.init(params)
+    grads = {"w": jnp.ones(3), "i": jnp.arange(3), "b": jnp.array([True, True]), "f": 0.5}
+    updates, new_state = jax.jit(opt.update)(grads, state, params)
+    assert updates["i"].dtype == jnp.int32 and not np.any(np.asarray(updates["i"]))
+    assert updates["b"].dtype == jnp.bool_ and not np.any(np.asarray(updates["b"]))
+    assert float(updates["f"]) < 0 and float(updates["w"][0]) < 0
+    for field in ("nu", "mu", "trace"):  # untrained leaves keep their state
+        np.testing.assert_array_equal(getattr(new_state, field)["i"], getattr(state, field)["i"])
+    # float0 gradients, as jax.grad(allow_int=True) gives for integer leaves
+    _, float0_grads = jax.value_and_grad(lambda p: jnp.sum(p["w"]), allow_int=True)(params)
+    updates, _ = opt.update(float0_grads, state, params)
+    assert updates["i"].dtype == jax.dtypes.float0
+
+
+def test_validate_state_accepts_a_python_int_count():
+    params = {"w": jnp.ones(3)}
+    opt = rmsprop_jax.rmsprop(0.1)
+    state = opt.init(params)._replace(count=3)
+    assert rmsprop_jax.validate_state(state, opt.init(params)) is state
+    _, state = opt.update(params, state)
+    assert int(state.count) == 4

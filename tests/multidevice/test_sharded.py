@@ -44,6 +44,9 @@ CONFIGS = [
     ),
 ]
 
+FACTORED = dict(learning_rate=0.1, factored=True, min_dim_size_to_factor=4, momentum=0.9)
+CONFIGS.append(FACTORED)
+
 SPECS = {
     "w": ((8, 16), jnp.float32, P("data", "model")),
     "v": ((16, 8), jnp.float32, P(None, "data")),
@@ -73,16 +76,21 @@ def _norm(spec, ndim):
 
 
 def _check_follows(state, params, split_complex):
+    """Every state leaf has its parameter's sharding; a factor of a factored
+    second moment has it on the axis it keeps (the averaged axis is size 1)."""
     for field in ("nu", "mu", "trace"):
         tree = getattr(state, field)
         if tree is None:
             continue
-        for name, leaf in tree.items():
+        for name, value in tree.items():
             want = params[name].sharding.spec
             if split_complex and jnp.iscomplexobj(params[name]):
                 want = P(*want, None)
-            got = leaf.sharding.spec
-            assert _norm(got, leaf.ndim) == _norm(want, leaf.ndim), (field, name, got, want)
+            for leaf in jax.tree.leaves(value):
+                spec = _norm(want, leaf.ndim)
+                spec = tuple(None if n == 1 else e for n, e in zip(leaf.shape, spec))
+                got = _norm(leaf.sharding.spec, leaf.ndim)
+                assert got == spec, (field, name, got, spec)
 
 
 @pytest.mark.parametrize("kw", CONFIGS)
@@ -108,7 +116,7 @@ def test_state_has_the_parameters_shardings(kw, kind):
         assert _norm(u.sharding.spec, u.ndim) == _norm(params[name].sharding.spec, u.ndim)
 
 
-@pytest.mark.parametrize("kw", CONFIGS)
+@pytest.mark.parametrize("kw", [kw for kw in CONFIGS if not kw.get("factored")])
 def test_compiled_update_has_no_collectives(kw):
     mesh = _mesh(AxisType.Explicit)
     params = _params(mesh)
@@ -171,3 +179,69 @@ def test_shard_state_zero1_cuts_memory_and_changes_nothing():
     unsplittable = 3 * (3 * 5 * 4) + 4  # odd's nu, mu, trace and the int32 count
     assert zero - unsplittable == (full - unsplittable) // 2
     assert b[1].nu["w"].sharding.spec == P("data", None)
+
+
+def test_factored_update_reduces_only_for_its_means():
+    """A factored leaf's row and column means reduce over sharded axes: those
+    all-reduces are the only collectives."""
+    mesh = _mesh(AxisType.Explicit)
+    params = _params(mesh)
+    opt = rmsprop_jax.rmsprop(**FACTORED)
+    with jax.set_mesh(mesh):
+        state = jax.jit(opt.init)(params)
+        hlo = jax.jit(opt.update).lower(params, state, params).compile().as_text()
+    kinds = set(COLLECTIVES.findall(hlo))
+    assert kinds <= {"all-reduce"}, kinds
+
+
+@pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
+def test_init_from_sharded_shape_dtype_structs(kind):
+    """Abstract initialisation keeps the shardings the structs name."""
+    mesh = _mesh(kind)
+    params = _params(mesh)
+    structs = jax.tree.map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype, sharding=p.sharding), params
+    )
+    for kw in (CONFIGS[0], CONFIGS[2], FACTORED):
+        opt = rmsprop_jax.rmsprop(**kw)
+        state = opt.init(structs)
+        want = opt.init(params)
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), state) == jax.tree.map(
+            lambda x: (x.shape, x.dtype), want
+        )
+        _check_follows(state, params, kw.get("split_complex", False))
+
+
+def test_shard_state_with_factored_leaves():
+    """ZeRO-1 over factored state: shard_state's shardings work as out_shardings
+    under explicit axes, and results equal the unsharded run."""
+    mesh = _mesh(AxisType.Explicit)
+    rng = np.random.default_rng(0)
+    params0 = {
+        "w": jax.device_put(
+            jnp.asarray(rng.normal(size=(16, 8)), jnp.float32), NamedSharding(mesh, P())
+        ),
+        "m": jax.device_put(
+            jnp.asarray(rng.normal(size=(8, 16)), jnp.float32),
+            NamedSharding(mesh, P(None, "model")),
+        ),
+    }
+    opt = rmsprop_jax.rmsprop(**FACTORED)
+    with jax.set_mesh(mesh):
+        zero1 = rmsprop_jax.shard_state(opt.init(params0), mesh, "data")
+
+        def step(params, state, x):
+            grads = jax.tree.map(lambda v: jnp.sin(v * x), params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), state
+
+        shardings = jax.tree.map(lambda p: p.sharding, params0)
+        a = (params0, opt.init(params0))
+        b = (params0, jax.jit(opt.init, out_shardings=zero1)(params0))
+        for i in range(3):
+            x = jnp.float32(0.3 + 0.1 * i)
+            a = jax.jit(step)(*a, x)
+            b = jax.jit(step, out_shardings=(shardings, zero1))(*b, x)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    assert isinstance(b[1].nu["w"], rmsprop_jax.FactoredNu)

@@ -187,63 +187,42 @@ def test_optimizers_can_be_wrapped_in_inject_hyperparams(name):
 # for, so params are optional). Each variant's updates and state must equal
 # the un-injected transform's.
 
-EAGER_MOMENTUM = (
-    "an injected momentum of 0 builds no momentum buffer at eager init, but the jitted "
-    "update, where momentum is a tracer, expects one (AssertionError in _leaf_step)"
-)
-WD_NEEDS_PARAMS = (
-    "the injected weight_decay=0 default is a tracer in update, which then refuses "
-    "to run without params"
-)
-BIAS_CHECK = (
-    "bias_correction=True under inject_hyperparams: the initial_scale == 0 check "
-    "raises on the traced initial_scale"
-)
-CLIP_BOOL = "presets.keras(clipnorm=...) under inject_hyperparams: `if clipnorm` on a tracer"
-
-# name: (factory, kwargs, {variant: known bug})
+# name: (factory, kwargs)
 FACTORIES = {
-    "rmsprop": (rmsprop_jax.rmsprop, dict(learning_rate=0.1), {"no_params": WD_NEEDS_PARAMS}),
+    "rmsprop": (rmsprop_jax.rmsprop, dict(learning_rate=0.1)),
     "rmsprop_bias_correction": (
         rmsprop_jax.rmsprop,
         dict(learning_rate=0.1, bias_correction=True),
-        {"eager": BIAS_CHECK, "jit": BIAS_CHECK, "no_params": BIAS_CHECK},
     ),
-    "scale_by_rms": (rmsprop_jax.scale_by_rms, dict(centered=True), {}),
+    "scale_by_rms": (rmsprop_jax.scale_by_rms, dict(centered=True)),
     "pytorch": (
         presets.pytorch,
         dict(lr=0.1),
-        {"eager": EAGER_MOMENTUM, "no_params": EAGER_MOMENTUM + "; " + WD_NEEDS_PARAMS},
     ),
     "keras": (
         presets.keras,
         dict(learning_rate=0.1),
-        {"eager": EAGER_MOMENTUM, "no_params": EAGER_MOMENTUM},
     ),
     "keras_clipnorm": (
         presets.keras,
         dict(learning_rate=0.1, clipnorm=1.0),
-        {"eager": CLIP_BOOL, "jit": CLIP_BOOL, "no_params": CLIP_BOOL},
     ),
     "tensorflow_v1": (
         presets.tensorflow_v1,
         dict(learning_rate=0.1),
-        {"eager": EAGER_MOMENTUM, "no_params": EAGER_MOMENTUM},
     ),
     "timm_tf": (
         presets.timm_tf,
         dict(lr=0.1),
-        {"eager": EAGER_MOMENTUM, "no_params": EAGER_MOMENTUM + "; " + WD_NEEDS_PARAMS},
     ),
     "sonnet": (
         presets.sonnet,
         dict(learning_rate=0.1),
-        {"eager": EAGER_MOMENTUM, "no_params": EAGER_MOMENTUM},
     ),
-    "lasagne": (presets.lasagne, dict(learning_rate=0.1), {}),
-    "hinton_2012": (presets.hinton_2012, dict(learning_rate=0.1), {}),
-    "graves_2013": (presets.graves_2013, dict(), {}),
-    "dqn_nature_2015": (presets.dqn_nature_2015, dict(), {}),
+    "lasagne": (presets.lasagne, dict(learning_rate=0.1)),
+    "hinton_2012": (presets.hinton_2012, dict(learning_rate=0.1)),
+    "graves_2013": (presets.graves_2013, dict()),
+    "dqn_nature_2015": (presets.dqn_nature_2015, dict()),
 }
 
 # eager: eager init, update with params; jit: jitted init, update with params;
@@ -252,12 +231,9 @@ VARIANTS = ("eager", "jit", "no_params")
 
 
 def injection_cases():
-    for name, (_, _, bugs) in FACTORIES.items():
+    for name in FACTORIES:
         for variant in VARIANTS:
-            marks = []
-            if variant in bugs:
-                marks = [pytest.mark.xfail(strict=True, reason=bugs[variant])]
-            yield pytest.param(name, variant, marks=marks, id=f"{name}-{variant}")
+            yield pytest.param(name, variant, id=f"{name}-{variant}")
 
 
 def small_inputs():
@@ -266,7 +242,7 @@ def small_inputs():
 
 @functools.cache
 def plain_step(name):
-    factory, kwargs, _ = FACTORIES[name]
+    factory, kwargs = FACTORIES[name]
     params, grads = small_inputs()
     opt = factory(**kwargs)
     return opt.update(grads, opt.init(params), params)
@@ -274,7 +250,7 @@ def plain_step(name):
 
 @pytest.mark.parametrize(("name", "variant"), list(injection_cases()))
 def test_every_factory_works_inside_inject_hyperparams(name, variant):
-    factory, kwargs, _ = FACTORIES[name]
+    factory, kwargs = FACTORIES[name]
     params, grads = small_inputs()
     opt = optax.inject_hyperparams(factory)(**kwargs)
     state = (jax.jit(opt.init) if variant == "jit" else opt.init)(params)

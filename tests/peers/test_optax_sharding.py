@@ -39,13 +39,7 @@ OPTIMIZERS = {
     "keras": lambda: presets.keras(1.0, centered=True, clipnorm=1.0),
 }
 
-SHAPE_DTYPE_BUG = (
-    "init of a jax.ShapeDtypeStruct leaf raises TypeError "
-    "(float() argument must be ... not 'ShapeDtypeStruct')"
-)
 
-
-@pytest.mark.xfail(strict=True, reason=SHAPE_DTYPE_BUG)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_init_with_abstract_input(name):
     opt = OPTIMIZERS[name]()

@@ -146,8 +146,6 @@ def test_optim_input_matches_torch_and_goes_right_direction(desc, step_lr):
 # raise ValueError on each; the preset must raise ValueError naming the
 # argument under torch's name.
 
-NON_SCALAR_LR = "a learning rate array with two elements is accepted instead of refused"
-
 ERROR_INPUTS = [
     # get_error_inputs_for_all_optims: "Tensor lr must be 1-element"
     pytest.param(
@@ -155,7 +153,6 @@ ERROR_INPUTS = [
         "lr",
         "Tensor lr must be 1-element",
         id="Tensor lr must be 1-element",
-        marks=pytest.mark.xfail(strict=True, reason=NON_SCALAR_LR),
     ),
     # optim_error_inputs_func_rmsprop: "momentum should be between 0 and 1"
     pytest.param(
