@@ -307,8 +307,12 @@ def plot(results: dict, path: pathlib.Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1000, help="training steps of every run")
-    parser.add_argument("--batch-size", type=int, default=64, help="examples per batch")
+    parser.add_argument(
+        "--steps", type=int, default=1000, help="training steps of every run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)"
+    )
     parser.add_argument(
         "--networks",
         nargs="+",
@@ -324,9 +328,16 @@ def main(argv: list[str] | None = None) -> dict:
         help="the precisions to run each network in (default: both)",
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seeds Keras' initial weights and the batch order"
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds Keras' initial weights and the batch order (default: %(default)s)",
     )
-    parser.add_argument("--out", default="port_output", help="folder for the PNG and the JSON")
+    parser.add_argument(
+        "--out",
+        default="port_output",
+        help="folder for the PNG and the JSON (default: %(default)s)",
+    )
     parser.add_argument("--no-plot", action="store_true", help="write the JSON but no PNG")
     args = parser.parse_args(argv)
     if keras.backend.backend() != "jax":
