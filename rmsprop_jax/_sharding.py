@@ -9,7 +9,7 @@ state leaf over that axis too, so that every device stores 1/N of the state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -83,7 +83,8 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
         # sharding (splitting both over one axis would shard their outer
         # product twice over it).
         if isinstance(x, FactoredNu):
-            return FactoredNu(*(keep(leaf) for leaf in x))
+            # (a FactoredNu of shardings, shaped like the state, as the rest is)
+            return FactoredNu(row=cast(Any, keep(x.row)), col=cast(Any, keep(x.col)))
         return one(x)
 
     return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, FactoredNu))

@@ -38,17 +38,17 @@ def _number(name: str, value: Any, allowed: str) -> float | None:
     """A concrete real scalar as a float; None for a tracer; ValueError otherwise.
 
     ``allowed`` is the range, for the message (e.g. "in [0, 1)")."""
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.bool_):  # known for tracers too
+        raise ValueError(
+            f"`{name}` must be a number {allowed}, got a boolean array. "
+            "(optax.inject_hyperparams stores hyperparameters in the parameters' dtype; "
+            "for parameters with no floating leaf pass `hyperparam_dtype=jnp.float32` to it.)"
+        )
     if is_traced(value):
         return None
     if value is None or isinstance(value, (bool, np.bool_, str, bytes)):
         raise ValueError(f"`{name}` must be a number {allowed}, got {_show(value)}.")
-    dtype = getattr(value, "dtype", None)
-    if dtype is not None and jnp.issubdtype(dtype, jnp.bool_):
-        raise ValueError(
-            f"`{name}` must be a number {allowed}, got a boolean array {_show(value)}. "
-            "(optax.inject_hyperparams stores hyperparameters in the parameters' dtype; "
-            "for parameters with no floating leaf pass `hyperparam_dtype=jnp.float32` to it.)"
-        )
     try:
         array = np.asarray(value)
     except Exception:
@@ -84,13 +84,20 @@ def real_array(name: str, value: Any) -> Any:
 
 def check_precise(name: str, value: Any) -> None:
     """``decay`` and ``momentum`` arrays must be float32 or wider: what matters is
-    1 - x, which bfloat16 and float16 cannot hold (0.999 is 1.0 in bfloat16)."""
+    1 - x, which bfloat16 and float16 cannot hold (0.999 is 1.0 in bfloat16),
+    and an integer array holds only 0 (0.9 becomes 0)."""
     dtype = getattr(value, "dtype", None)
-    if dtype is not None and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+    if dtype is None or not isinstance(value, (jax.Array, np.ndarray)):
+        return
+    dtype = jnp.dtype(dtype)
+    if dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)) or jnp.issubdtype(
+        dtype, jnp.integer
+    ):
         raise ValueError(
-            f"`{name}` is a {jnp.dtype(dtype).name} array, which cannot hold it precisely "
-            "(1 - 0.999 is 0 in bfloat16). optax.inject_hyperparams stores hyperparameters "
-            "in the parameters' dtype: pass `hyperparam_dtype=jnp.float32` to it."
+            f"`{name}` is a {dtype.name} array, which cannot hold it precisely "
+            "(1 - 0.999 is 0 in bfloat16; 0.9 is 0 as an integer). "
+            "optax.inject_hyperparams stores hyperparameters in the parameters' dtype: "
+            "pass `hyperparam_dtype=jnp.float32` to it."
         )
 
 

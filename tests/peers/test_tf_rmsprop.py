@@ -206,10 +206,18 @@ def test_callable_params(dtype):
     )
     check_without_momentum(run_preset(schedule, dtype, steps=2, grads=(G0, G1)), dtype, False)
 
-    injected = optax.inject_hyperparams(presets.tensorflow_v1)(
-        learning_rate=2.0, decay=0.9, momentum=0.0, epsilon=1.0
-    )
+    hyper = dict(learning_rate=2.0, decay=0.9, momentum=0.0, epsilon=1.0)
     params = tuple(jnp.asarray(v, dtype) for v in VARS)
+    hyperparam_dtype = None
+    if jnp.dtype(dtype) == jnp.float16:
+        # inject_hyperparams would store decay in float16, which cannot hold
+        # 1 - decay precisely: refused, with the fix in the message.
+        with pytest.raises(ValueError, match="hyperparam_dtype"):
+            optax.inject_hyperparams(presets.tensorflow_v1)(**hyper).init(params)
+        hyperparam_dtype = jnp.float32
+    injected = optax.inject_hyperparams(presets.tensorflow_v1, hyperparam_dtype=hyperparam_dtype)(
+        **hyper
+    )
     grads = tuple(jnp.asarray(g, dtype) for g in (G0, G1))
     state = injected.init(params)
     got = []
