@@ -2,8 +2,8 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['FactoredNu', 'RMSpropState', '__version__', 'presets', 'rmsprop',
- 'scale_by_rms', 'shard_state', 'validate_state']
+['FactoredNu', 'ParamRoundingState', 'RMSpropState', '__version__', 'presets',
+ 'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding', 'validate_state']
 """
 
 from rmsprop_jax import presets
@@ -11,6 +11,7 @@ from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
 from rmsprop_jax._core import RMSpropState
 from rmsprop_jax._factored import FactoredNu
+from rmsprop_jax._param_rounding import ParamRoundingState, stochastic_param_rounding
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
@@ -18,11 +19,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FactoredNu",
+    "ParamRoundingState",
     "RMSpropState",
     "__version__",
     "presets",
     "rmsprop",
     "scale_by_rms",
     "shard_state",
+    "stochastic_param_rounding",
     "validate_state",
 ]

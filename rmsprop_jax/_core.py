@@ -159,7 +159,7 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         keys: list[Array | None] = [None] * n
         if cfg.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
-            keys = [_storage.mix(cfg.seed, state.count, i) for i in range(n)]
+            keys = [_storage.mix(cfg.seed, t, i) for i in range(n)]
         cache: dict[Any, _step.Scalars] = {}
 
         def scalars_of(real: jnp.dtype) -> _step.Scalars:

@@ -10,7 +10,8 @@ In the order of the mathematics (``docs/algorithm.md`` has the whole of it):
    0/0 guard.
 5. :func:`momentum_step`: learning rate, momentum buffer, Nesterov.
 6. decoupled weight decay (``_weight_decay.decoupled``).
-7. :func:`_store_state`: casts, saturation and stochastic rounding (``_storage``).
+7. storage (:func:`_keeper`): casts, saturation and stochastic rounding
+   (``_storage``); narrow state is read back as stored.
 
 Every stage is elementwise (the factored average aside) and left to XLA to fuse.
 The scalars a step needs are made once per step and dtype, in :func:`scalars`.
@@ -217,6 +218,8 @@ def moments(
         new_nu: Any = rebuild(row, col)
     else:
         new_nu = one_minus_decay * g2
+        if sc.decay_traced:  # a run-time decay of 1 (1 - decay = 0) meets inf as 0
+            new_nu = jnp.where(one_minus_decay > 0, new_nu, 0)
         decayed = _decayed(sc, nu.astype(real))
         if decayed is not None:
             new_nu = new_nu + decayed
@@ -288,13 +291,14 @@ def normalise(
 
 
 def momentum_step(
-    cfg: Config, s: Array, trace: Array | None, sc: Scalars
+    cfg: Config, s: Array, trace: Array | None, sc: Scalars, keep: Callable[[Array], Any]
 ) -> tuple[Array, Array | None]:
-    r"""(step, new buffer).
+    r"""(step, stored buffer).
 
     With ``lr_in_momentum``: :math:`b \leftarrow m b + \eta s`, step :math:`= b`
     (Nesterov: :math:`\eta s + m b`). Without: :math:`b \leftarrow m b + s`, step
-    :math:`= \eta b` (Nesterov: :math:`\eta (s + m b)`). No momentum: :math:`\eta s`."""
+    :math:`= \eta b` (Nesterov: :math:`\eta (s + m b)`). No momentum: :math:`\eta s`.
+    ``keep`` stores the new buffer and returns (stored, the value to go on with)."""
     assert sc.lr is not None
     work = s.dtype
     lr = sc.lr.astype(work)
@@ -304,43 +308,49 @@ def momentum_step(
     m = sc.momentum.astype(work)
     buf = trace.astype(work)
     if cfg.lr_in_momentum:
-        new_trace = m * buf + lr * s
-        step = lr * s + m * new_trace if cfg.nesterov else new_trace
+        stored, b = keep(m * buf + lr * s)
+        step = lr * s + m * b if cfg.nesterov else b
     else:
-        new_trace = m * buf + s
-        step = lr * (s + m * new_trace) if cfg.nesterov else lr * new_trace
-    return step, new_trace
+        stored, b = keep(m * buf + s)
+        step = lr * (s + m * b) if cfg.nesterov else lr * b
+    return step, stored
 
 
-def _store_state(
-    new_nu: Any,
-    nu: Any,
-    new_mu: Array | None,
-    mu: Array | None,
-    new_trace: Array | None,
-    trace: Array | None,
-    key: Array | None,
-) -> tuple[Any, Array | None, Array | None]:
-    """The new state in the old state's storage dtypes.
+def _keeper(dtype: jnp.dtype, key: Array | None, saturated: bool) -> Callable[[Array], Any]:
+    """Stores a new state value in ``dtype``; returns (stored, the value the step
+    goes on with).
+
+    Where the storage is narrower than the computation, the step goes on with
+    the *stored* value, read back: then the update and the new state are
+    computed from the new state alone, and XLA writes the (donated) state in
+    place instead of copying it to keep the old one for a second pass."""
+
+    def keep(x: Array) -> tuple[Array, Array]:
+        stored = _storage.store(x, dtype, key, saturated)
+        if jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
+            return stored, stored.astype(x.dtype)
+        return stored, x
+
+    return keep
+
+
+def _keep_nu(new_nu: Any, nu: Any, key: Array | None) -> tuple[Any, Any]:
+    """Stores nu (each factor of a factored nu) in the old storage dtypes.
 
     nu is not saturated: a square beyond its range is +inf, which makes that
-    coordinate's step 0 (documented). mu averages g, so it stays in range; the
-    buffer is bounded through s (see :func:`scalars`)."""
-    keys: list[Array | None] = [None, None, None]
-    if key is not None:
-        keys = [_storage.mix(key, i) for i in range(3)]
-    if _factored.is_factored(new_nu):
-        new_leaves, treedef = _trees.flatten(new_nu)
-        stored_nu = treedef.unflatten(_storage.store_all(new_leaves, jax.tree.leaves(nu), keys[0]))
-    else:
-        stored_nu = _storage.store(new_nu, nu.dtype, keys[0])
-    stored_mu = None
-    if new_mu is not None and mu is not None:
-        stored_mu = _storage.store(new_mu, mu.dtype, keys[1], saturated=True)
-    stored_trace = None
-    if new_trace is not None and trace is not None:
-        stored_trace = _storage.store(new_trace, trace.dtype, keys[2], saturated=True)
-    return stored_nu, stored_mu, stored_trace
+    coordinate's step 0 (documented). mu averages g, so it stays in range, and
+    is saturated only against a narrower dtype; the buffer is bounded through s
+    (see :func:`scalars`)."""
+    if not _factored.is_factored(new_nu):
+        return _keeper(nu.dtype, key, saturated=False)(new_nu)
+    new_leaves, treedef = _trees.flatten(new_nu)
+    old_leaves = jax.tree.leaves(nu)
+    keys = [None if key is None else _storage.mix(key, i) for i in range(len(new_leaves))]
+    pairs = [
+        _keeper(o.dtype, k, saturated=False)(x)
+        for x, o, k in zip(new_leaves, old_leaves, keys, strict=True)
+    ]
+    return treedef.unflatten([x for x, _ in pairs]), treedef.unflatten([y for _, y in pairs])
 
 
 def leaf_step(
@@ -368,16 +378,25 @@ def leaf_step(
     real, work = _dtypes.compute_dtypes(g, [*jax.tree.leaves(nu), mu, trace])
     sc = scalars_of(real)
 
+    keys: list[Array | None] = [None, None, None]
+    if key is not None:
+        keys = [_storage.mix(key, i) for i in range(3)]
+
     g = effective_gradient(cfg, g.astype(work), p, wd, real)
     new_nu, new_mu, finite = moments(cfg, g, nu, mu, sc, axes, real)
+    stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
+    stored_mu = None
+    if new_mu is not None and mu is not None:
+        stored_mu, new_mu = _keeper(mu.dtype, keys[1], saturated=True)(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, sc, axes)
     s = normalise(cfg, g, nu_hat, mu_hat, finite, sc)
 
-    new_trace = None
+    stored_trace = None
     if cfg.scale_only:
         update = s
     else:
-        step, new_trace = momentum_step(cfg, s, trace, sc)
+        keep = _keeper(trace.dtype, keys[2], saturated=True) if trace is not None else None
+        step, stored_trace = momentum_step(cfg, s, trace, sc, keep)  # type: ignore[arg-type]
         update = -step
         if wd is not None and cfg.weight_decay_mode == "decoupled":
             assert p is not None and sc.lr is not None
@@ -390,7 +409,4 @@ def leaf_step(
         update = _dtypes.merge_complex(_storage.saturate(update, out_dtype), out_dtype)
     else:
         update = _storage.saturate(update, out_dtype)
-    return (
-        update.astype(out_dtype),
-        *_store_state(new_nu, nu, new_mu, mu, new_trace, trace, key),
-    )
+    return update.astype(out_dtype), stored_nu, stored_mu, stored_trace

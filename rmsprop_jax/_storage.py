@@ -30,31 +30,53 @@ def mix(*words: Any) -> Array:
     return h
 
 
-def uniform(key: Array, shape: tuple[int, ...], dtype: jnp.dtype) -> Array:
-    """Uniform [0, 1) numbers from a counter-based hash of (key, element index).
-
-    The murmur3 finaliser of the element's index mixed with a 32-bit key: a few
-    integer operations that XLA fuses into the step, where threefry
-    (``jax.random``) made a bfloat16 step 5.9x slower on CPU. Rounding needs
-    well-spread bits, not cryptographic ones; the result is deterministic."""
+def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    """32 well-spread random bits per element, from a counter-based hash of
+    (key, element index): the murmur3 finaliser of the index mixed with a
+    32-bit key. A few integer operations that XLA fuses into the step, where
+    threefry (``jax.random``) made a bfloat16 step 5.9x slower on CPU. Rounding
+    needs well-spread bits, not cryptographic ones; the result is deterministic."""
     size = int(np.prod(shape))
     if size == 0:
-        return jnp.zeros(shape, dtype)
+        return jnp.zeros(shape, jnp.uint32)
     x = jax.lax.iota(jnp.uint32, size).reshape(shape)
     x = x * jnp.uint32(0x9E3779B1) + key
     x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
     x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
-    x = x ^ (x >> 16)
-    return ((x >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)).astype(dtype)
+    return x ^ (x >> 16)
+
+
+def _drop_bits(x: Array, drop: int, bits: Array) -> Array:
+    """Rounds float32 ``x`` to ``23 - drop`` mantissa bits stochastically: adds
+    ``drop`` random bits below the kept ones and truncates. The magnitude rounds
+    up with probability equal to the fraction of the gap it covers, for either
+    sign; inf stays inf (its low bits are 0, so nothing carries)."""
+    mask = jnp.uint32((1 << drop) - 1)
+    raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jax.lax.bitcast_convert_type((raw + (bits & mask)) & ~mask, jnp.float32)
 
 
 def stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
-    """Rounds ``x`` to ``dtype`` up or down at random, unbiasedly.
+    r"""Rounds ``x`` to ``dtype`` up or down at random, unbiasedly.
 
-    .. math:: P(\\text{up}) = (x - \\lfloor x \\rfloor) / (\\lceil x \\rceil - \\lfloor x \\rfloor)
+    .. math:: P(\text{up}) = (x - \lfloor x \rfloor) / (\lceil x \rceil - \lfloor x \rfloor)
 
     where the floor and ceiling are ``x``'s neighbours in ``dtype``, so the
-    expected result is ``x`` exactly."""
+    expected result is ``x`` exactly. From float32 it works on the bits
+    (bfloat16 keeps float32's exponent, so dropping 16 mantissa bits is exact;
+    float16 drops 13 in its normal range and uses its fixed 2**-24 grid below
+    it), which XLA cannot simplify away as it may a float round trip. ``x``
+    must lie within ``dtype``'s range (callers saturate first)."""
+    dtype = jnp.dtype(dtype)
+    if x.dtype == jnp.float32 and dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        bits = hash_bits(key, jnp.shape(x))
+        if dtype == jnp.bfloat16:
+            return _drop_bits(x, 16, bits).astype(dtype)
+        normal = _drop_bits(x, 13, bits)
+        u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+        grid = jnp.floor(x * jnp.float32(2.0**24) + u) * jnp.float32(2.0**-24)
+        return jnp.where(jnp.abs(x) < jnp.float32(2.0**-14), grid, normal).astype(dtype)
+    # Other pairs (a float64 computation stored narrower): between neighbours.
     nearest = x.astype(dtype)
     back = nearest.astype(x.dtype)
     err = x - back
@@ -62,7 +84,8 @@ def stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
     gap = other.astype(x.dtype) - back  # same sign as err, or inf at the top of the range
     ok = (err != 0) & jnp.isfinite(gap) & (gap != 0)
     p = jnp.where(ok, err / jnp.where(ok, gap, 1), 0)
-    return jnp.where(uniform(key, jnp.shape(x), x.dtype) < p, other, nearest)
+    uniform = (hash_bits(key, jnp.shape(x)) >> 8).astype(x.dtype) * 2.0**-24
+    return jnp.where(uniform < p, other, nearest)
 
 
 def saturate_to(x: Array, largest: Array) -> Array:
