@@ -92,7 +92,23 @@ OPTIMIZERS = {
 
 
 class Settings(NamedTuple):
-    """The agent's settings other than the optimizer (see `--help`)."""
+    """The agent's settings other than the optimizer (see `--help`).
+
+    The defaults were chosen for CartPole-v1 on a 2-core CPU, from short
+    sweeps of 3 seeds x 100k-400k steps with the centered optimizer:
+
+    - two hidden layers of 64: ample for 4 inputs; 128 cost twice as much and
+      did no better;
+    - one gradient step per environment step: at a learning rate of 2.5e-4
+      the network needs many steps, and one per 4 (DQN Zoo's ratio) learned
+      less in the same number of environment steps;
+    - a target copy every 5,000 steps: copies every 300-2,500 steps learned
+      faster but then collapsed; every 10,000 was stable but slow;
+    - replay of 50,000 (half of the default run): keeping all 100k-200k
+      transitions changed nothing measurable;
+    - epsilon 1 for the first 1,000 steps, then down to 0.01 over 10% of the
+      run; gamma 0.99, the usual value (0.95-0.98 did not help).
+    """
 
     steps: int
     hidden: int
@@ -484,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict:
     arg(
         "--target-period",
         type=int,
-        default=1_000,
+        default=5_000,
         help="environment steps between copies of the online network into the target network",
     )
     arg(
