@@ -23,6 +23,12 @@ error is clipped to [-1/32, 1/32]. With a batch of 32 that is the gradient of
 the mean Huber loss with delta 1 (rlax's `clip_gradient` docstring notes the
 equivalence), i.e. the Nature paper's clipping of the error to [-1, 1].
 
+With the default settings (see `Settings`) every optimizer learns to balance
+the pole for hundreds of steps, but none keeps CartPole-v1 solved (a mean of
+475 over the last 100 episodes) to the end of a few-minute run: the Q-network
+learns, forgets and relearns, as DQN does on CartPole. The README has the
+numbers.
+
 Run:  python examples/dqn_cartpole.py [--steps 100000] [--seeds 5] [--out dqn_output]
 """
 
