@@ -30,7 +30,7 @@ class RMSpropState(NamedTuple):
     count: Array  # type: ignore[assignment]
     nu: optax.Updates  # moving average of |g|^2 (or its factors).
     mu: optax.Updates | None  # moving average of g; only when centered.
-    trace: optax.Updates | None  # momentum buffer; only with momentum.
+    trace: optax.Updates | None  # momentum buffer, with the update's sign (as optax's).
 
 
 def _init_leaf(cfg: Config, p: Any) -> tuple[Any, Array | None, Array | None]:
@@ -162,10 +162,10 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
             keys = [_storage.mix(cfg.seed, t, i) for i in range(n)]
         cache: dict[Any, _step.Scalars] = {}
 
-        def scalars_of(real: jnp.dtype) -> _step.Scalars:
-            if real not in cache:
-                cache[real] = _step.scalars(cfg, real, lr, wd_t, t)
-            return cache[real]
+        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> _step.Scalars:
+            if (real, work) not in cache:
+                cache[real, work] = _step.scalars(cfg, real, work, lr, wd_t, t)
+            return cache[real, work]
 
         results = []
         for i in range(n):

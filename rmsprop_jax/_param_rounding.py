@@ -45,10 +45,23 @@ def _land(p: Array, u: Array, key: Array) -> Array:
     near = diff.astype(u.dtype)
     if jnp.dtype(u.dtype).itemsize >= 4:
         return near
-    toward = jnp.where(near.astype(jnp.float32) < diff, jnp.inf, -jnp.inf).astype(u.dtype)
-    other = jnp.nextafter(near, toward)
+    other = _next_toward(near, near.astype(jnp.float32) < diff)
     lands = (p.astype(jnp.float32) + near.astype(jnp.float32)).astype(narrow) == rounded
     return jnp.where(lands, near, other)
+
+
+def _next_toward(x: Array, up: Array) -> Array:
+    """The neighbour of 16-bit float ``x`` above it (where ``up``) or below it.
+
+    ``jnp.nextafter`` does this, but slowly on CPU for 16-bit floats; on the
+    sign-magnitude bits it is one integer add: the magnitude grows where the
+    direction points away from 0, and from 0 the neighbour is the smallest
+    subnormal of that sign."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.int16)
+    grows = up == (x > 0)
+    moved = bits + jnp.where(grows, jnp.int16(1), jnp.int16(-1))
+    from_zero = jnp.where(up, jnp.int16(1), jnp.int16(-32767))  # 0x0001, 0x8001
+    return jax.lax.bitcast_convert_type(jnp.where(x == 0, from_zero, moved), x.dtype)
 
 
 def stochastic_param_rounding(seed: int = 0) -> optax.GradientTransformation:

@@ -33,18 +33,31 @@ Array = jax.Array
 
 
 class Scalars(NamedTuple):
-    """The step's scalar hyperparameters in one dtype, made once per step and
-    dtype rather than once per leaf (a 2000-leaf tree compiled 2x slower)."""
+    """The step's scalar hyperparameters in one dtype, and the static decisions
+    that depend on them, made once per step and dtype rather than once per leaf
+    (a 2000-leaf tree compiled 2x slower)."""
 
     decay: Array | None  # None where decay is concretely 0: no decay * nu term
     decay_traced: bool  # decay known only at run time: guard 0 * inf
     one_minus_decay: Array
     eps: Array
-    lr: Array | None
+    lr: Array | None  # None for scale_by_rms; bounded, see scalars()
+    neg_lr: Array | None  # -lr, folded into the update where there is no buffer
     momentum: Array | None
     correction: Array | None
-    s_max: Array
+    s_max: Array  # the bound on |s| where it has no natural one
+    s_min: Array  # -s_max
+    natural: bool  # a full, non-centered second moment bounds |s| by itself
+    momentum_unbounded: bool  # the buffer's bound cannot be proven statically
     guard_zero_d: bool  # False when eps alone keeps the denominator positive
+    # The same scalars in the gradient's working dtype (complex for complex
+    # gradients), so that no leaf converts a scalar.
+    decay_w: Array | None
+    one_minus_decay_w: Array
+    correction_w: Array | None
+    lr_w: Array | None
+    neg_lr_w: Array | None
+    momentum_w: Array | None
 
 
 def _is_python_number(x: Any) -> bool:
@@ -95,35 +108,88 @@ def _rate(name: str, value: Any, real: jnp.dtype) -> Array:
     return jnp.clip(value, -largest, largest)
 
 
-def scalars(cfg: Config, real: jnp.dtype, lr: Any, wd: Any, t: Array) -> Scalars:
-    """The scalars of step ``t`` (1, 2, ...) in dtype ``real``."""
+def _to(x: Array, dtype: jnp.dtype) -> Array:
+    """``x`` in ``dtype``, with no op where it already is."""
+    return x if x.dtype == dtype else jax.lax.convert_element_type(x, dtype)
+
+
+def _cast(x: Array | None, dtype: jnp.dtype) -> Array | None:
+    return None if x is None else _to(x, dtype)
+
+
+def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: Array) -> Scalars:
+    """The scalars of step ``t`` (1, 2, ...) in dtype ``real`` (and ``work``).
+
+    ``s = g / d`` must stay finite, and so must ``lr * s`` and the momentum
+    buffer, which grows to ``lr * s / (1 - m)``: ``0 * inf`` would be NaN.
+
+    - Without centering, a full second moment bounds ``s`` by itself: the
+      current step alone puts at least ``(1 - decay) g^2`` into it, so
+      ``|s| <= 1 / sqrt(1 - decay)`` (doubled here for rounding and narrow
+      storage). Then only the learning rate needs bounding, once per step:
+      statically where it is a number, by a scalar clip where it is traced.
+    - Centered and factored second moments have no such bound (the variance
+      of constant gradients is 0, so ``s = g / sqrt(eps)``): there ``s`` is
+      clamped to ``max * (1 - m) / max(|lr|, 1)``. Clamping ``s`` once is
+      cheap; clamping the stored buffer instead made XLA copy and re-read the
+      state (a 5x slower step). A momentum that rounds to 1 in this dtype keeps
+      the bound at ``max * eps``, not 0.
+    """
     decay_zero = _is_python_number(cfg.decay) and float(cfg.decay) == 0
     decay = None if decay_zero else jnp.asarray(cfg.decay, real)
-    lr_r = None if cfg.scale_only else _rate("learning_rate", lr, real)
     if wd is not None:
         _rate("weight_decay", wd, real)  # refuses what cannot be honoured
-    m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
     finfo = jnp.finfo(real)
-    # s = g / d can be astronomically large (g / eps with a zero variance). It
-    # is bounded so that lr * s and the momentum buffer (which grows to
-    # lr * s / (1 - m)) stay finite: 0 * inf would be NaN. Bounding s once is
-    # free; clamping the stored buffer instead made XLA copy and re-read the
-    # state (a 5x slower step). A momentum that rounds to 1 in this dtype
-    # (1 - m below its resolution) keeps the bound at max * eps, not 0.
-    s_max = jnp.asarray(finfo.max, real)
-    if m is not None:
-        s_max = s_max * jnp.maximum(_one_minus(cfg.momentum, real), finfo.eps)
+    largest = float(finfo.max)
+    m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
+    static_m = cfg.momentum is None or _is_python_number(cfg.momentum)
+    one_minus_m_static = 1.0 if cfg.momentum is None else None
+    if cfg.momentum is not None and static_m:
+        one_minus_m_static = max(1 - float(cfg.momentum), float(finfo.eps))
+    one_minus_m = (
+        jnp.asarray(1.0, real)
+        if m is None
+        else jnp.maximum(_one_minus(cfg.momentum, real), finfo.eps)
+    )
+
+    natural = not cfg.centered and _is_python_number(cfg.decay)
+    bound = 2.0 / float(np.sqrt(1 - float(cfg.decay))) if natural else None
+    lr_r = None
+    if not cfg.scale_only:
+        lr_r = _rate("learning_rate", lr, real)
+        if natural and bound is not None:
+            if isinstance(lr, jax.core.Tracer) or one_minus_m_static is None:
+                lr_r = jnp.clip(lr_r, -largest * one_minus_m / bound, largest * one_minus_m / bound)
+            elif abs(float(np.asarray(lr).real)) * bound / one_minus_m_static > largest:
+                natural = False  # a learning rate this large: clamp s instead
+    s_max = jnp.asarray(largest, real) * one_minus_m
     if lr_r is not None:
         s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
+    momentum_unbounded = cfg.momentum is not None and (
+        not static_m or 1 - float(cfg.momentum) < float(finfo.eps)
+    )
+    one_minus_decay = _one_minus(cfg.decay, real)
+    correction = _bias_correction(cfg, real, t) if cfg.bias_correction else None
+    neg_lr = None if lr_r is None else -lr_r
     return Scalars(
         decay=decay,
         decay_traced=decay is not None and not _is_python_number(cfg.decay),
-        one_minus_decay=_one_minus(cfg.decay, real),
+        one_minus_decay=one_minus_decay,
         eps=jnp.asarray(cfg.eps, real),
         lr=lr_r,
+        neg_lr=neg_lr,
         momentum=m,
-        correction=_bias_correction(cfg, real, t) if cfg.bias_correction else None,
+        correction=correction,
+        decay_w=_cast(decay, work),
+        one_minus_decay_w=_to(one_minus_decay, work),
+        correction_w=_cast(correction, work),
+        lr_w=_cast(lr_r, work),
+        neg_lr_w=_cast(neg_lr, work),
+        momentum_w=_cast(m, work),
         s_max=s_max,
+        s_min=-s_max,
+        natural=natural,
+        momentum_unbounded=momentum_unbounded,
         guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
     )
 
@@ -168,8 +234,8 @@ def _sqrt_jvp(primals: tuple[Array], tangents: tuple[Array]) -> tuple[Array, Arr
 def _abs_sq(x: Array) -> Array:
     """:math:`|x|^2`, real for complex ``x``."""
     if jnp.iscomplexobj(x):
-        return jnp.real(x * jnp.conj(x))
-    return x * x
+        return jax.lax.real(jax.lax.mul(x, jax.lax.conj(x)))
+    return jax.lax.mul(x, x)
 
 
 # --------------------------------------------------------------------------
@@ -179,22 +245,21 @@ def _abs_sq(x: Array) -> Array:
 def effective_gradient(cfg: Config, g: Array, p: Array | None, wd: Any, real: jnp.dtype) -> Array:
     r""":math:`g \leftarrow -g` if maximize; :math:`g \leftarrow g + \lambda p` if coupled."""
     if cfg.maximize:
-        g = -g
+        g = jax.lax.neg(g)
     if wd is not None and cfg.weight_decay_mode == "coupled":
         assert p is not None
         g = _weight_decay.coupled(g, p, wd, real)
     return g
 
 
-def _decayed(sc: Scalars, x: Array) -> Array | None:
+def _decayed(decay: Array | None, traced: bool, x: Array) -> Array | None:
     """:math:`\rho x`; None where the decay is concretely 0. Where it is known only
     at run time, 0 * inf (a square that overflowed earlier) is taken as 0."""
-    if sc.decay is None:
+    if decay is None:
         return None
-    decay = sc.decay.astype(x.dtype)
-    if sc.decay_traced:
-        return jnp.where(decay > 0, decay * x, 0)
-    return decay * x
+    if traced:
+        return jnp.where(decay > 0, jax.lax.mul(decay, x), 0)
+    return jax.lax.mul(decay, x)
 
 
 def moments(
@@ -209,28 +274,26 @@ def moments(
     r"""(nu, mu, finite): :math:`\nu \leftarrow \rho\nu + (1-\rho)|g|^2` (or its factors);
     :math:`\mu \leftarrow \rho\mu + (1-\rho)g` when centered; for factored
     leaves, where :math:`|g|^2` is finite (see ``_factored.update``)."""
-    one_minus_decay = sc.one_minus_decay
     g2 = _abs_sq(g)
     finite = None
     if axes is not None:
         row, col, rebuild = _factored.unpack(nu, axes)
-        row, col, finite = _factored.update(g2, row, col, axes, sc.decay, one_minus_decay, real)
+        row, col, finite = _factored.update(g2, row, col, axes, sc.decay, sc.one_minus_decay, real)
         new_nu: Any = rebuild(row, col)
     else:
-        new_nu = one_minus_decay * g2
+        new_nu = jax.lax.mul(sc.one_minus_decay, g2)
         if sc.decay_traced:  # a run-time decay of 1 (1 - decay = 0) meets inf as 0
-            new_nu = jnp.where(one_minus_decay > 0, new_nu, 0)
-        decayed = _decayed(sc, nu.astype(real))
+            new_nu = jnp.where(sc.one_minus_decay > 0, new_nu, 0)
+        decayed = _decayed(sc.decay, sc.decay_traced, _to(nu, real))
         if decayed is not None:
-            new_nu = new_nu + decayed
+            new_nu = jax.lax.add(new_nu, decayed)
     new_mu = None
     if cfg.centered:
         assert mu is not None
-        work = g.dtype
-        new_mu = one_minus_decay.astype(work) * g
-        decayed = _decayed(sc, mu.astype(work))
+        new_mu = jax.lax.mul(sc.one_minus_decay_w, g)
+        decayed = _decayed(sc.decay_w, sc.decay_traced, _to(mu, g.dtype))
         if decayed is not None:
-            new_mu = new_mu + decayed
+            new_mu = jax.lax.add(new_mu, decayed)
     return new_nu, new_mu, finite
 
 
@@ -247,10 +310,11 @@ def debias(
             row, col = row / correction, col / correction
         nu_hat = _factored.estimate(row, col, axes[0])
     else:
-        nu_hat = nu if correction is None else nu / correction
+        nu_hat = nu if correction is None else jax.lax.div(nu, correction)
     mu_hat = mu
     if correction is not None and mu is not None:
-        mu_hat = mu / correction.astype(mu.dtype)
+        assert sc.correction_w is not None
+        mu_hat = jax.lax.div(mu, sc.correction_w)
     return nu_hat, mu_hat
 
 
@@ -261,6 +325,7 @@ def normalise(
     mu_hat: Array | None,
     finite: Array | None,
     sc: Scalars,
+    clamp: bool = True,
 ) -> Array:
     r""":math:`s = g / d`, :math:`d = \sqrt{v + \epsilon}` or :math:`\sqrt{v} + \epsilon`,
     with :math:`v = \max(\hat\nu - |\hat\mu|^2, 0)` when centered, else :math:`\hat\nu`.
@@ -273,47 +338,67 @@ def normalise(
     v = nu_hat
     if cfg.centered:
         assert mu_hat is not None
-        # The variance can round below zero; clamp so the root stays real.
-        # Where a square overflowed (nu = inf, and then mu^2 = inf too), keep
-        # v = inf, so the step is 0 as documented, rather than inf - inf = NaN.
-        v = jnp.where(nu_hat < jnp.inf, jnp.maximum(nu_hat - _abs_sq(mu_hat), 0), nu_hat)
+        # The variance can round below zero: clamped at 0, so the root stays
+        # real. mu^2 is bounded by the largest finite value, so that where a
+        # square overflowed (nu = inf) v stays inf and the step is 0, as
+        # documented, rather than inf - inf = NaN.
+        largest = jnp.finfo(nu_hat.dtype).max
+        mu2 = jax.lax.min(_abs_sq(mu_hat), nu_hat.dtype.type(largest))
+        v = jax.lax.max(jax.lax.sub(nu_hat, mu2), nu_hat.dtype.type(0))
     eps = sc.eps
-    d = _sqrt(v + eps) if cfg.eps_in_sqrt else _sqrt(v) + eps
-    # The inner `where` keeps the discarded branch finite so gradients stay finite.
     if sc.guard_zero_d:
+        # d == 0 only with eps == 0 and a zero history: s = 0 there, not 0/0.
+        # The inner `where` keeps the discarded branch finite for gradients.
+        d = _sqrt(v + eps) if cfg.eps_in_sqrt else _sqrt(v) + eps
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
+    elif cfg.eps_in_sqrt:
+        s = jax.lax.mul(g, _to(jax.lax.rsqrt(jax.lax.add(v, eps)), work))  # as optax does
     else:
-        s = g / d.astype(work)
+        s = jax.lax.div(g, _to(jax.lax.add(_sqrt(v), eps), work))
     if finite is not None:
         s = jnp.where(finite, s, 0)
-    return _storage.saturate_to(s, sc.s_max)  # see scalars()
+    if not clamp:
+        return s  # bounded by 1 / sqrt(1 - decay): see scalars()
+    if jnp.iscomplexobj(s):
+        return _storage.saturate_to(s, sc.s_max)
+    # Bounds broadcast to the leaf: the derivative of a clamp with scalar
+    # bounds fails in JAX (mismatched select shapes), and meta-gradients
+    # through `update` must work.
+    return jax.lax.clamp(
+        jax.lax.broadcast(sc.s_min, s.shape), s, jax.lax.broadcast(sc.s_max, s.shape)
+    )
 
 
 def momentum_step(
     cfg: Config, s: Array, trace: Array | None, sc: Scalars, keep: Callable[[Array], Any]
 ) -> tuple[Array, Array | None]:
-    r"""(step, stored buffer).
+    r"""(update, stored buffer). The update is minus the step.
 
     With ``lr_in_momentum``: :math:`b \leftarrow m b + \eta s`, step :math:`= b`
     (Nesterov: :math:`\eta s + m b`). Without: :math:`b \leftarrow m b + s`, step
     :math:`= \eta b` (Nesterov: :math:`\eta (s + m b)`). No momentum: :math:`\eta s`.
-    ``keep`` stores the new buffer and returns (stored, the value to go on with)."""
-    assert sc.lr is not None
-    work = s.dtype
-    lr = sc.lr.astype(work)
+
+    The buffer is *stored with the update's sign*, :math:`-b`, as optax's
+    ``trace`` holds it: the update is then the stored buffer itself (no
+    negation, which cost XLA one extra loop per leaf), and the state holds the
+    same numbers as optax's. ``keep`` stores the new buffer and returns
+    (stored, the value to go on with)."""
+    lax = jax.lax
+    assert sc.lr_w is not None and sc.neg_lr_w is not None
+    lr, neg_lr = sc.lr_w, sc.neg_lr_w
     if cfg.momentum is None:
-        return lr * s, None
-    assert sc.momentum is not None and trace is not None
-    m = sc.momentum.astype(work)
-    buf = trace.astype(work)
+        return lax.mul(neg_lr, s), None
+    assert sc.momentum_w is not None and trace is not None
+    m = sc.momentum_w
+    neg_b = _to(trace, s.dtype)  # -b
     if cfg.lr_in_momentum:
-        stored, b = keep(m * buf + lr * s)
-        step = lr * s + m * b if cfg.nesterov else b
+        stored, neg_b = keep(lax.add(lax.mul(m, neg_b), lax.mul(neg_lr, s)))
+        update = lax.add(lax.mul(neg_lr, s), lax.mul(m, neg_b)) if cfg.nesterov else neg_b
     else:
-        stored, b = keep(m * buf + s)
-        step = lr * (s + m * b) if cfg.nesterov else lr * b
-    return step, stored
+        stored, neg_b = keep(lax.sub(lax.mul(m, neg_b), s))
+        update = lax.mul(lr, lax.sub(lax.mul(m, neg_b), s) if cfg.nesterov else neg_b)
+    return update, stored
 
 
 def _keeper(dtype: jnp.dtype, key: Array | None, saturated: bool) -> Callable[[Array], Any]:
@@ -328,7 +413,7 @@ def _keeper(dtype: jnp.dtype, key: Array | None, saturated: bool) -> Callable[[A
     def keep(x: Array) -> tuple[Array, Array]:
         stored = _storage.store(x, dtype, key, saturated)
         if jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
-            return stored, stored.astype(x.dtype)
+            return stored, _to(stored, x.dtype)
         return stored, x
 
     return keep
@@ -361,7 +446,7 @@ def leaf_step(
     mu: Array | None,
     trace: Array | None,
     axes: tuple[int, int] | None,
-    scalars_of: Callable[[jnp.dtype], Scalars],
+    scalars_of: Callable[[jnp.dtype, jnp.dtype], Scalars],
     wd: Any,
     key: Array | None,
 ) -> tuple[Array, Any, Array | None, Array | None]:
@@ -376,37 +461,42 @@ def leaf_step(
         g = _dtypes.split_complex(g)
         p = None if p is None else _dtypes.split_complex(jnp.asarray(p))
     real, work = _dtypes.compute_dtypes(g, [*jax.tree.leaves(nu), mu, trace])
-    sc = scalars_of(real)
+    sc = scalars_of(real, work)
 
     keys: list[Array | None] = [None, None, None]
     if key is not None:
         keys = [_storage.mix(key, i) for i in range(3)]
 
-    g = effective_gradient(cfg, g.astype(work), p, wd, real)
+    g = effective_gradient(cfg, _to(g, work), p, wd, real)
     new_nu, new_mu, finite = moments(cfg, g, nu, mu, sc, axes, real)
     stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
     stored_mu = None
     if new_mu is not None and mu is not None:
         stored_mu, new_mu = _keeper(mu.dtype, keys[1], saturated=True)(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, sc, axes)
-    s = normalise(cfg, g, nu_hat, mu_hat, finite, sc)
+    # |s| needs a clamp unless a full second moment bounds it (scalars()); one
+    # stored in float16 can underflow to 0, so it does not.
+    full = axes is None and jnp.dtype(nu.dtype) != jnp.float16
+    s = normalise(cfg, g, nu_hat, mu_hat, finite, sc, clamp=not (sc.natural and full))
 
     stored_trace = None
     if cfg.scale_only:
         update = s
     else:
         keep = _keeper(trace.dtype, keys[2], saturated=True) if trace is not None else None
-        step, stored_trace = momentum_step(cfg, s, trace, sc, keep)  # type: ignore[arg-type]
-        update = -step
-        if wd is not None and cfg.weight_decay_mode == "decoupled":
-            assert p is not None and sc.lr is not None
-            update = _weight_decay.decoupled(update, jnp.asarray(p), sc.lr, wd, real)
+        update, stored_trace = momentum_step(cfg, s, trace, sc, keep)  # type: ignore[arg-type]
+    decoupled = wd is not None and cfg.weight_decay_mode == "decoupled" and not cfg.scale_only
+    if decoupled:
+        assert p is not None and sc.lr is not None
+        update = _weight_decay.decoupled(update, jnp.asarray(p), sc.lr, wd, real)
 
     # A step beyond the range of the gradient's dtype (float16 tops out at
-    # 65504; g / eps with a zero variance can exceed any range) saturates at
-    # the largest finite value instead of becoming Inf.
+    # 65504) saturates at its largest finite value instead of becoming Inf.
+    # In the computation's own dtype the bounds of scalars() already hold,
+    # unless a decay term or a momentum known only at run time is added.
+    narrower = jnp.finfo(out_dtype).bits < jnp.finfo(work).bits
+    if narrower or decoupled or sc.momentum_unbounded:
+        update = _storage.saturate(update, out_dtype if not split else real)
     if split:
-        update = _dtypes.merge_complex(_storage.saturate(update, out_dtype), out_dtype)
-    else:
-        update = _storage.saturate(update, out_dtype)
-    return update.astype(out_dtype), stored_nu, stored_mu, stored_trace
+        update = _dtypes.merge_complex(update, out_dtype)
+    return _to(update, out_dtype), stored_nu, stored_mu, stored_trace

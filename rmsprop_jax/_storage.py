@@ -94,7 +94,9 @@ def saturate_to(x: Array, largest: Array) -> Array:
     if jnp.iscomplexobj(x):
         largest = jnp.real(largest) if jnp.iscomplexobj(largest) else largest
         return jax.lax.complex(saturate_to(jnp.real(x), largest), saturate_to(jnp.imag(x), largest))
-    return jnp.minimum(jnp.maximum(x, -largest), largest)
+    # lax.clamp takes scalar bounds: one op per leaf, no broadcasts.
+    largest = jnp.asarray(largest).astype(x.dtype)
+    return jax.lax.clamp(-largest, x, largest)
 
 
 def saturate(x: Array, dtype: jnp.dtype) -> Array:

@@ -199,3 +199,27 @@ def load_module(path: pathlib.Path, name: str) -> Any:
 
 def load_example(name: str) -> Any:
     return load_module(ROOT / "examples" / f"{name}.py", f"example_{name}")
+
+
+# Parity runs against the peers: PARITY_STEPS steps on a multi-leaf tree, the
+# parameters compared after every step, relative to the distance moved.
+PARITY_STEPS = 30
+PARITY_TOL = {jnp.float32: 5e-5, jnp.float64: 1e-9}
+
+
+def run_preset(opt, tree, grads, dtype):
+    """The parameters after every step of ``opt`` from ``tree`` in ``dtype``."""
+    return train(opt, to_jax(tree, dtype), [to_jax(g, dtype) for g in grads]).params
+
+
+def assert_trajectories_match(got, want, start_got, start_want, tol):
+    for step, (a, b) in enumerate(zip(got, want, strict=True)):
+        err = relative_error(a, start_got, b, start_want)
+        assert err < tol, f"step {step + 1}: relative error {err:.3g} >= {tol}"
+
+
+def start_of(tree, dtype):
+    """The starting tree rounded to ``dtype``, as float64 NumPy, for the peers."""
+    return jax.tree.map(
+        lambda x: np.asarray(x).astype(np.result_type(x.dtype, np.float64)), to_jax(tree, dtype)
+    )

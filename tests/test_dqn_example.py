@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_examples import load
+from helpers import load_example
 
 
 @pytest.fixture(scope="module")
 def dqn():
-    return load("dqn_cartpole")
+    return load_example("dqn_cartpole")
 
 
 # Jitted, because op-by-op random number generation compiles slowly.

@@ -13,23 +13,23 @@ import optax
 import pytest
 import reference_originals as originals
 from configs import SCHEDULE
-from helpers import gradient_sequence, make_tree, relative_error, to_jax, train
+from helpers import (
+    PARITY_STEPS as STEPS,
+)
+from helpers import (
+    PARITY_TOL as TOL,
+)
+from helpers import (
+    assert_trajectories_match,
+    gradient_sequence,
+    make_tree,
+    relative_error,
+    run_preset,
+    start_of,
+    to_jax,
+)
 
 from rmsprop_jax import presets
-
-STEPS = 30
-TOL = {jnp.float32: 5e-5, jnp.float64: 1e-9}
-
-
-def run_preset(opt, tree, grads, dtype):
-    return train(opt, to_jax(tree, dtype), [to_jax(g, dtype) for g in grads]).params
-
-
-def assert_trajectories_match(got, want, start_got, start_want, tol):
-    for step, (a, b) in enumerate(zip(got, want, strict=True)):
-        err = relative_error(a, start_got, b, start_want)
-        assert err < tol, f"step {step + 1}: relative error {err:.3g} >= {tol}"
-
 
 # --------------------------------------------------------------------------
 # PyTorch: torch.optim.RMSprop itself.
@@ -46,13 +46,6 @@ TORCH_CONFIGS = {
     "maximize": dict(lr=0.01, maximize=True, momentum=0.9, weight_decay=0.1),
     "big_eps": dict(lr=0.01, eps=1e-2),
 }
-
-
-def start_of(tree, dtype):
-    """The starting tree rounded to ``dtype``, as float64 NumPy, for the peers."""
-    return jax.tree.map(
-        lambda x: np.asarray(x).astype(np.result_type(x.dtype, np.float64)), to_jax(tree, dtype)
-    )
 
 
 def torch_trajectory(kw, tree, grads, dtype, lr_lambda=None):

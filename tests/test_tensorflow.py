@@ -8,8 +8,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import gradient_sequence, make_tree
-from test_presets import STEPS, TOL, assert_trajectories_match, run_preset, start_of
+from helpers import PARITY_STEPS as STEPS
+from helpers import PARITY_TOL as TOL
+from helpers import (
+    assert_trajectories_match,
+    gradient_sequence,
+    make_tree,
+    run_preset,
+    start_of,
+)
 
 from rmsprop_jax import presets
 

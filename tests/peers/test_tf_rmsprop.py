@@ -109,10 +109,12 @@ def test_dense(learning_rate, decay, momentum, epsilon, centered, dtype):
             assert (mu is not None) == centered
             if centered:
                 close(mu[i], ref["mg"], tol, f"mg, {where}")
-            # TensorFlow keeps a momentum slot even at momentum 0; there it
-            # holds the step itself, which is minus the update.
+            # TensorFlow's momentum slot holds the step (var -= mom); the
+            # library's buffer holds the update, minus the step, as optax's
+            # trace does. At momentum 0 TensorFlow still keeps the slot.
             trace = state_field(state, "trace")
-            mom = trace[i] if trace is not None else -np.asarray(updates[i], np.float64)
+            source = trace[i] if trace is not None else updates[i]
+            mom = -np.asarray(source, np.float64)
             close(mom, ref["mom"], tol, f"mom, {where}")
 
 
@@ -188,8 +190,9 @@ def test_with_momentum(dtype):
         where = f"step {t + 1}"
         close(state_field(state, "nu")[0], [rms0[t]] * 2, tol, f"rms0, {where}")
         close(state_field(state, "nu")[1], [rms1[t]] * 2, tol, f"rms1, {where}")
-        close(state_field(state, "trace")[0], [mom0[t]] * 2, tol, f"mom0, {where}")
-        close(state_field(state, "trace")[1], [mom1[t]] * 2, tol, f"mom1, {where}")
+        # (the library's buffer is minus TensorFlow's momentum slot)
+        close(-state_field(state, "trace")[0], [mom0[t]] * 2, tol, f"mom0, {where}")
+        close(-state_field(state, "trace")[1], [mom1[t]] * 2, tol, f"mom1, {where}")
         close(params[0], var0[t], tol, f"var0, {where}")
         close(params[1], var1[t], tol, f"var1, {where}")
 
