@@ -4,12 +4,19 @@ Left panel: a Flax NNX classifier trained on scikit-learn's bundled
 handwritten digits (real data, no download) by each optimizer, at the
 learning rate that did best in a small sweep (see the README).
 
-Right panel: what the RMSprop literature claims. On a non-stationary
-objective, a regression whose true weights drift during training, AdaGrad's
-effective step size decays like 1/sqrt(t) and it falls behind the target,
-while RMSprop's moving average forgets and keeps tracking.
+Middle and right panels: what the RMSprop literature claims. On a
+non-stationary objective, a regression whose true weights drift during
+training, AdaGrad's effective step size decays like 1/sqrt(t) and it falls
+behind the target, while RMSprop's moving average forgets and keeps tracking.
 
-Run:  python examples/demo.py [--steps 600] [--out demo_output]
+The left panel also shows RMSprop's weakness at a constant learning rate: once
+the classifier fits its training set, the gradients shrink but RMSprop's steps
+do not (its average of squared gradients shrinks with them, and with decay 0.9
+it forgets in about 10 steps), so a batch whose gradient is suddenly larger
+gets a step of up to sqrt(10) times the learning rate per weight and the
+training loss jumps before it recovers. The summary counts these jumps.
+
+Run:  python examples/demo.py [--steps 1500] [--drift-steps 20000] [--out demo_output]
 """
 
 from __future__ import annotations
@@ -76,27 +83,37 @@ def evaluate(model, x, y):
 
 
 def train_classifier(name, tx, data, steps, batch_size=64, seed=0):
+    """Trains one MLP; records each batch's loss and, after every step, the loss
+    on the whole training set (the objective itself, free of batch noise)."""
     x_train, x_test, y_train, y_test = data
     model = MLP(nnx.Rngs(seed))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     rng = np.random.default_rng(seed)  # the same batches for every optimizer
-    losses = []
+    losses, train_losses = [], []
     start = time.perf_counter()
     with tqdm(range(steps), desc=f"{name:<22}", ncols=90, leave=True) as bar:
         for step in bar:
             idx = rng.choice(len(x_train), batch_size, replace=False)
             losses.append(float(train_step(model, optimizer, x_train[idx], y_train[idx])))
+            train_losses.append(float(evaluate(model, x_train, y_train)[0]))
             if step % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+                bar.set_postfix(loss=f"{train_losses[-1]:.3f}")
     wall = time.perf_counter() - start
-    train_loss, _ = evaluate(model, x_train, y_train)
     _, test_acc = evaluate(model, x_test, y_test)
     return {
         "losses": losses,
-        "train_loss": float(train_loss),
+        "train_losses": train_losses,
+        "train_loss": train_losses[-1],
         "test_accuracy": float(test_acc),
         "wall_s": wall,
     }
+
+
+def loss_jumps(train_losses, factor=3.0):
+    """Steps after which the training-set loss was more than ``factor`` times
+    what it was before the step."""
+    x = np.asarray(train_losses)
+    return [int(t) for t in np.nonzero(x[1:] > factor * x[:-1])[0] + 1]
 
 
 # --------------------------------------------------------------------------
@@ -132,50 +149,103 @@ def drifting_regression(tx, steps=3000, dim=20, batch=32, period=1000.0, seed=0)
 # --------------------------------------------------------------------------
 
 
-def smooth(x, k=25):
+def smooth(x, k):
+    """Moving average over ``k`` steps (fewer if the run is shorter)."""
+    k = max(1, min(k, len(x)))
     return np.convolve(x, np.ones(k) / k, mode="valid")
 
 
-def plot(results, drift, out: pathlib.Path):
+def plot(results, drift, period, out: pathlib.Path):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
+    fig, (ax1, ax2, ax3) = plt.subplots(
+        1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [1.15, 1.15, 0.85]}
+    )
     for name, r in results.items():
-        ax1.plot(smooth(r["losses"]), label=f"{name} ({r['test_accuracy']:.1%} test)")
+        ax1.plot(r["train_losses"], lw=1, label=f"{name} ({r['test_accuracy']:.1%} test)")
     ax1.set_yscale("log")
     ax1.set_xlabel("step")
-    ax1.set_ylabel("training loss (moving average of 25 batches)")
+    ax1.set_ylabel("loss on the whole training set, after each step")
     ax1.set_title("Digits classifier (Flax NNX, scikit-learn digits)")
-    ax1.legend()
+    ax1.legend(loc="upper right")
     ax1.grid(alpha=0.3)
+    rms = next(r for n, r in results.items() if n.startswith("RMSprop"))
+    jumps = loss_jumps(rms["train_losses"])
+    if jumps:  # point at the largest jump: RMSprop's late-training spikes
+        t = max(jumps, key=lambda j: rms["train_losses"][j] / rms["train_losses"][j - 1])
+        ax1.annotate(
+            f"RMSprop: {len(jumps)} steps where the loss\nrose more than 3x (constant lr)",
+            xy=(t, rms["train_losses"][t]),
+            xytext=(0.35, 0.62),
+            textcoords="axes fraction",
+            fontsize=8,
+            arrowprops={"arrowstyle": "->", "lw": 0.8},
+        )
 
-    for name, (gap, _) in drift.items():
-        ax2.plot(smooth(gap, 200), label=name)
+    window = max(1, min(200, period // 5))
+    settled = []  # the distance after the first quarter of the run, to set the y range
+    for name, (gap, eff) in drift.items():
+        curve = smooth(gap, window)
+        ax2.plot(curve, label=name)
+        ax3.plot(smooth(eff, window), label=name)
+        settled.append(curve[len(curve) // 4 :])
+    top = max(float(np.max(c)) for c in settled)
+    ax2.set_ylim(0, 1.5 * top)  # the first steps, far from the target, run off the top
     ax2.set_xlabel("step")
-    ax2.set_ylabel("distance to the drifting target |w - w*(t)| (avg of 200 steps)")
-    ax2.set_title("Non-stationary objective: the target keeps drifting")
-    ax2.set_ylim(0.02, 0.08)
+    ax2.set_ylabel(f"distance |w - w*(t)| (mean of {window} steps)")
+    ax2.set_title(f"Drifting target (rotation period {period} steps)")
     ax2.grid(alpha=0.3)
-    ax2.legend(loc="upper left")
-    inset = ax2.inset_axes([0.55, 0.62, 0.42, 0.33])
-    for _, (_, eff) in drift.items():
-        inset.plot(smooth(eff, 200))
-    inset.set_title("effective step size |update| / |gradient|", fontsize=8)
-    inset.tick_params(labelsize=7)
+    ax2.legend(loc="lower right")
+    ax3.set_xlabel("step")
+    ax3.set_ylabel(f"|update| / |gradient| (mean of {window} steps)")
+    ax3.set_title("Effective step size on the drifting target")
+    ax3.set_ylim(bottom=0)
+    ax3.grid(alpha=0.3)
+    ax3.legend(loc="lower right")
+    for ax in (ax1, ax2, ax3):
+        ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="classifier steps per optimizer")
-    parser.add_argument("--drift-steps", type=int, default=20000)
-    parser.add_argument("--out", default="demo_output")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=1500,
+        help="training steps (batches of 64) of the digits classifier, for each of the four "
+        "optimizers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drift-steps",
+        type=int,
+        default=20000,
+        help="steps of the drifting-target regression, for AdaGrad and RMSprop "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--drift-period",
+        type=int,
+        default=1000,
+        help="steps for the drifting target to complete one rotation (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default="demo_output",
+        help="folder for demo.png and results.json, created if missing (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    for name in ("steps", "drift_steps", "drift_period"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -194,16 +264,38 @@ def main(argv: list[str] | None = None) -> dict:
             f"{name:<24}{lr:>14g}{r['train_loss']:>12.4f}{r['test_accuracy']:>10.3f}"
             f"{r['wall_s']:>8.1f}"
         )
+    print(f"(train loss: on all {len(data[0])} training images after {args.steps} steps)")
+    for name, r in results.items():
+        jumps = loss_jumps(r["train_losses"])
+        if jumps:
+            t = max(jumps, key=lambda j: r["train_losses"][j] / r["train_losses"][j - 1])
+            print(
+                f"{name}: the training loss rose more than 3x in one step {len(jumps)} times, "
+                f"the largest {r['train_losses'][t - 1]:.4f} -> {r['train_losses'][t]:.4f} "
+                f"at step {t + 1}"
+            )
 
-    print("\nDrifting target (online least squares, 20 weights, period 1000 steps);")
-    print("each optimizer at its best learning rate over the first 3000 steps:")
-    drift = {
-        "AdaGrad (lr 1.0)": drifting_regression(optax.adagrad(1.0), args.drift_steps),
-        "RMSprop (lr 0.01)": drifting_regression(rmsprop_jax.rmsprop(0.01), args.drift_steps),
-    }
     fifth = max(1, args.drift_steps // 5)
+    print(
+        f"\nDrifting target: online least squares, 20 weights rotating with a period of "
+        f"{args.drift_period} steps, {args.drift_steps} steps.\nLearning rates: the best of "
+        "a sweep over the first 3000 steps at period 1000."
+    )
+    if args.drift_steps < args.drift_period:
+        turned = args.drift_steps / args.drift_period
+        print(f"(Shorter than one period: the target turns {turned:.0%} of the way round.)")
+    drift = {
+        "AdaGrad (lr 1.0)": drifting_regression(
+            optax.adagrad(1.0), args.drift_steps, period=float(args.drift_period)
+        ),
+        "RMSprop (lr 0.01)": drifting_regression(
+            rmsprop_jax.rmsprop(0.01), args.drift_steps, period=float(args.drift_period)
+        ),
+    }
+    head = f"first {fifth}"
+    tail = f"last {fifth}"
     print(f"  {'':<20}{'distance to target':>26}{'effective step size':>26}")
-    print(f"  {'':<20}{'first fifth':>13}{'last fifth':>13}{'first fifth':>13}{'last fifth':>13}")
+    print(f"  {'':<20}{head:>13}{tail:>13}{head:>13}{tail:>13}")
     for name, (gap, eff) in drift.items():
         print(
             f"  {name:<20}{gap[:fifth].mean():>13.4f}{gap[-fifth:].mean():>13.4f}"
@@ -211,13 +303,19 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     figure = out / "demo.png"
-    plot(results, drift, figure)
+    plot(results, drift, args.drift_period, figure)
     summary = {
+        "settings": vars(args),
         "classifier": {
-            n: {k: v for k, v in r.items() if k != "losses"} for n, r in results.items()
+            n: {
+                **{k: v for k, v in r.items() if k not in ("losses", "train_losses")},
+                "loss_jumps_over_3x": loss_jumps(r["train_losses"]),
+            }
+            for n, r in results.items()
         },
         "drift": {
             n: {
+                "steps_per_fifth": fifth,
                 "distance_first_fifth": float(g[:fifth].mean()),
                 "distance_last_fifth": float(g[-fifth:].mean()),
                 "step_size_first_fifth": float(e[:fifth].mean()),

@@ -37,28 +37,82 @@ import numpy as np
 
 
 def parse(argv):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--global-batch", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--out", default=None, help="write the final parameters here (.npz)")
-    parser.add_argument("--local", type=int, default=0, help="start N processes on 127.0.0.1")
-    parser.add_argument("--single", action="store_true", help="one process, no jax.distributed")
-    parser.add_argument("--coordinator", default=os.environ.get("JAX_COORDINATOR_ADDRESS"))
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--num-processes", type=int, default=int(os.environ.get("JAX_NUM_PROCESSES", "0")) or None
+        "--steps", type=int, default=100, help="training steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--global-batch",
+        type=int,
+        default=64,
+        help="images per step over all processes; each process feeds an equal slice, so it "
+        "must be a multiple of the number of processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=3e-3,
+        help="RMSprop's learning rate (momentum 0.9) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="write the final parameters to this .npz file (with --local, one file per "
+        "process: OUT.<id>.npz)",
+    )
+    parser.add_argument(
+        "--local",
+        type=int,
+        default=0,
+        metavar="N",
+        help="start N processes on 127.0.0.1 and wait for them",
+    )
+    parser.add_argument(
+        "--single", action="store_true", help="train in this process alone, no jax.distributed"
+    )
+    parser.add_argument(
+        "--coordinator",
+        default=os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        metavar="HOST:PORT",
+        help="address of process 0, which coordinates the job (default: $JAX_COORDINATOR_ADDRESS)",
+    )
+    parser.add_argument(
+        "--num-processes",
+        type=int,
+        default=int(os.environ.get("JAX_NUM_PROCESSES", "0")) or None,
+        help="number of processes in the job (default: $JAX_NUM_PROCESSES)",
     )
     parser.add_argument(
         "--process-id",
         type=int,
         default=int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None,
+        help="this process's index, 0 to num-processes - 1 (default: $JAX_PROCESS_ID)",
     )
-    parser.add_argument("--timeout", type=float, default=300.0, help="--local: seconds in all")
-    parser.add_argument("--heartbeat-timeout", type=int, default=20)
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="with --local: seconds to wait for all processes before stopping them "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=int,
+        default=20,
+        help="seconds without a heartbeat after which jax.distributed declares a process "
+        "dead (default: %(default)s)",
+    )
     # For the failure test: this process exits abruptly at that step.
     parser.add_argument("--crash-process", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--crash-step", type=int, default=5, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
+    if args.local < 0:
+        parser.error("--local must be a number of processes, at least 1")
+    return args
 
 
 # --------------------------------------------------------------------------
@@ -165,6 +219,11 @@ def train(args) -> dict:
     import rmsprop_jax
 
     n_proc, pid = jax.process_count(), jax.process_index()
+    if args.global_batch % n_proc or args.global_batch < n_proc:
+        raise SystemExit(
+            f"error: --global-batch ({args.global_batch}) must be a positive multiple of the "
+            f"number of processes ({n_proc})"
+        )
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P("data"))
@@ -210,7 +269,7 @@ def train(args) -> dict:
         params, state, loss = step(params, state, x, y)
         losses.append(float(loss))
         if pid == 0 and (t % max(1, args.steps // 5) == 0 or t == args.steps - 1):
-            print(f"step {t:4d}  loss {losses[-1]:.4f}", flush=True)
+            print(f"step {t + 1:4d}  loss {losses[-1]:.4f}", flush=True)
 
     nu_leaf = jax.tree.leaves(state.nu)[0]
     local_state = sum(s.data.nbytes for x in jax.tree.leaves(state) for s in x.addressable_shards)

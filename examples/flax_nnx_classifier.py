@@ -5,7 +5,9 @@ download). The optimizer is RMSprop after global-norm clipping:
 
     optax.chain(optax.clip_by_global_norm(1.0), rmsprop_jax.rmsprop(...))
 
-Run:  python examples/flax_nnx_classifier.py [--steps 300]
+with decay 0.9, momentum 0.9 and a constant learning rate.
+
+Run:  python examples/flax_nnx_classifier.py [--steps 300] [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -58,14 +60,39 @@ def accuracy(model: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--steps", type=int, default=300, help="training steps (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=128,
+        help="images per step, drawn without replacement from the 1437 training images "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--learning-rate",
+        type=float,
+        default=3e-3,
+        help="RMSprop's learning rate (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the train/test split, the initial weights and the batches "
+        "(default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.steps < 1:
+        parser.error("--steps must be at least 1")
 
     x_train, x_test, y_train, y_test = load_data(args.seed)
+    if not 1 <= args.batch_size <= len(x_train):
+        parser.error(f"--batch-size must be between 1 and {len(x_train)}, got {args.batch_size}")
     model = MLP(nnx.Rngs(args.seed))
     tx = optax.chain(
         optax.clip_by_global_norm(1.0),
@@ -77,13 +104,18 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"Training a 64-64-10 MLP on {len(x_train)} digits, testing on {len(x_test)}.")
     start = time.perf_counter()
     losses = []
+    every = max(1, args.steps // 10)  # about ten reports, each the mean since the last
+    reported = 0
     with tqdm(range(1, args.steps + 1), ncols=80) as bar:
         for step in bar:
             idx = rng.choice(len(x_train), args.batch_size, replace=False)
             losses.append(float(train_step(model, optimizer, x_train[idx], y_train[idx])))
-            if step == 1 or step % max(1, args.steps // 10) == 0 or step == args.steps:
-                window = np.mean(losses[-max(1, args.steps // 10) :])
-                bar.write(f"step {step:5d}   train loss {window:.4f}")
+            if step == 1 or step % every == 0 or step == args.steps:
+                window, reported = losses[reported:], step
+                bar.write(
+                    f"step {step:5d}   batch loss {np.mean(window):.4f} "
+                    f"(mean of the last {len(window)})"
+                )
     test_acc = float(accuracy(model, x_test, y_test))
     print(
         f"test accuracy {test_acc:.3f} after {args.steps} steps "
