@@ -205,6 +205,7 @@ def train(name, learning_rate, decay, data, batches, eval_every):
     """Trains one setting from every seed in ``batches`` (seed -> steps x batch
     indices), evaluating every ``eval_every`` steps."""
     setting = SETTINGS[name]
+    x_np, y_np = data[0], data[2]  # batches are gathered in NumPy
     x_train, x_test, y_train, y_test = (jnp.asarray(a) for a in data)
     seeds = list(batches)
     params = [init_params(s, setting.param_dtype) for s in seeds]
@@ -220,21 +221,21 @@ def train(name, learning_rate, decay, data, batches, eval_every):
 
     evaluated_at, losses, accuracies, lost = [], [], [], []
 
-    def record(step):
+    def record(step, params):
         loss, acc = evaluate(params, x_train, y_train, x_test, y_test)
         evaluated_at.append(step)
         losses.append(np.asarray(loss))
         accuracies.append(np.asarray(acc))
 
-    record(0)
+    record(0, params)
     with tqdm(total=steps, desc=f"lr {learning_rate:<7g}{setting.label:<36}", ncols=100) as bar:
         for start in range(0, steps, eval_every):
             i = index[:, start : start + eval_every]
             params, opt_state, chunk_lost = train_chunk(
-                setting, params, opt_state, data[0][i], data[2][i], *traced
+                setting, params, opt_state, x_np[i], y_np[i], *traced
             )
             lost.append(np.asarray(chunk_lost))
-            record(start + i.shape[1])
+            record(start + i.shape[1], params)
             bar.update(i.shape[1])
             bar.set_postfix(loss=f"{losses[-1].mean():.4f}")
     return {
