@@ -15,6 +15,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(HERE, "_ext"))
 
+from sphinx.util.inspect import TypeAliasForwardRef  # noqa: E402
+
 import rmsprop_jax  # noqa: E402
 
 project = "rmsprop_jax"
@@ -48,7 +50,8 @@ myst_dmath_double_inline = True
 
 # -- autodoc / napoleon --------------------------------------------------------
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+autodoc_typehints = "description"
+autodoc_typehints_description_target = "documented_params"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 # With `from __future__ import annotations` the annotations are strings: show
@@ -65,6 +68,10 @@ autodoc_type_aliases = {
         "optax.GradientTransformationExtraArgs",
     )
 }
+# Sphinx 9.0 prints an alias inside a union (`jax.typing.DTypeLike | None`) as
+# the repr of its placeholder object; make that repr the alias itself.
+TypeAliasForwardRef.__repr__ = lambda self: self.name  # type: ignore[method-assign]
+
 autosummary_generate = False
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
@@ -78,12 +85,6 @@ import optax
 import rmsprop_jax
 """
 doctest_default_flags = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
-
-# -- MathJax: a local copy (see _ext/local_mathjax.py) -------------------------
-mathjax3_config = {
-    "loader": {"load": ["[tex]/textmacros"]},
-    "tex": {"packages": {"[+]": ["textmacros"]}},
-}
 
 # -- HTML ----------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
