@@ -51,7 +51,7 @@ myst_dmath_double_inline = True
 # -- autodoc / napoleon --------------------------------------------------------
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
-autodoc_typehints_description_target = "documented_params"
+autodoc_typehints_description_target = "documented"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
 # With `from __future__ import annotations` the annotations are strings: show
@@ -97,6 +97,8 @@ html_theme_options = {
     "use_download_button": True,
     "use_fullscreen_button": False,
     "navigation_with_keys": False,
+    # One search field, the sidebar's; none in the top bar as well.
+    "navbar_persistent": [],
 }
 html_show_sourcelink = False
 copybutton_prompt_text = r">>> |\.\.\. |\$ "
