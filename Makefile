@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test lint fuzz soak bench golden test-tensorflow clean
+.PHONY: help demo test lint fuzz soak bench golden test-tensorflow docs clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -15,6 +15,7 @@ help:
 	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
+	@echo "make docs             the documentation site, offline, warnings as errors: docs/_build/html/index.html"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -61,5 +62,21 @@ golden: $(VENV)/.installed-test+examples
 test-tensorflow: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
 
+# The documentation (Sphinx and its theme) gets a venv of its own too. Both
+# builders share one doctree cache; the doctest builder runs the examples the
+# pages show (the docstrings' examples also run in `make test`).
+.venv-docs/.installed: pyproject.toml
+	test -x .venv-docs/bin/python || $(PYTHON) -m venv .venv-docs
+	.venv-docs/bin/python -m pip install --quiet --upgrade pip
+	.venv-docs/bin/python -m pip install --quiet -e ".[docs]"
+	@touch $@
+
+SPHINX := .venv-docs/bin/sphinx-build -W --keep-going -d docs/_build/doctrees
+
+docs: .venv-docs/.installed
+	$(SPHINX) -b html docs docs/_build/html
+	$(SPHINX) -b doctest docs docs/_build/doctest
+	@echo "Open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-tf .venv-docs docs/_build demo_output .pytest_cache .ruff_cache .mypy_cache

@@ -38,8 +38,8 @@ def rmsprop(
 ) -> optax.GradientTransformationExtraArgs:
     r"""The RMSprop optimizer, a drop-in for :func:`optax.rmsprop` with more options.
 
-    For step :math:`t = 1, 2, \dots`, with :math:`\eta = ` ``learning_rate``
-    and :math:`\lambda = ` ``weight_decay`` evaluated at :math:`t - 1`, and
+    For step :math:`t = 1, 2, \dots`, with :math:`\eta` = ``learning_rate``
+    and :math:`\lambda` = ``weight_decay`` evaluated at :math:`t - 1`, and
     :math:`s_t` the output of :func:`scale_by_rms` (which also describes
     ``decay``, ``eps``, ``initial_scale``, ``eps_in_sqrt``, ``centered``,
     ``bias_correction`` and the dtypes):

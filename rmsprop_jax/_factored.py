@@ -28,7 +28,7 @@ Array = jax.Array
 
 
 class FactoredNu(NamedTuple):
-    """A factored second moment: moving averages of |g|^2 over rows and columns."""
+    """A factored second moment: moving averages of :math:`|g|^2` over rows and columns."""
 
     row: Array  # mean over the second factored axis, kept as a size-1 dimension
     col: Array  # mean over the first factored axis, kept as a size-1 dimension

@@ -6,19 +6,19 @@ core transform as :func:`rmsprop_jax.rmsprop` (see the table below). Learning
 rates and weight decays also accept ``optax`` schedules, evaluated at the step
 count before it is incremented.
 
-=================  =====  ====  ===========  ============  =========================
-preset             eps    nu_0  lr in mom.   weight decay  other
-=================  =====  ====  ===========  ============  =========================
-``pytorch``        out    0     no           coupled       complex split, maximize
-``keras``          in     0     yes          decoupled     clipnorm/clipvalue/global
-``tensorflow_v1``  in     1     yes          --
-``timm_tf``        in     1     option       both          TF-style EMA
-``sonnet``         in     0     yes          --
-``lasagne``        in     0     --           --
-``hinton_2012``    none   0     --           --
-``graves_2013``    in     0     yes          --            centered
-``dqn_nature_2015``in     0     --           --            centered
-=================  =====  ====  ===========  ============  =========================
+===================  =====  ====  ===========  ============  =========================
+preset               eps    nu_0  lr in mom.   weight decay  other
+===================  =====  ====  ===========  ============  =========================
+``pytorch``          out    0     no           coupled       complex split, maximize
+``keras``            in     0     yes          decoupled     clipnorm/clipvalue/global
+``tensorflow_v1``    in     1     yes          --
+``timm_tf``          in     1     option       both          TF-style EMA
+``sonnet``           in     0     yes          --
+``lasagne``          in     0     --           --
+``hinton_2012``      none   0     --           --
+``graves_2013``      in     0     yes          --            centered
+``dqn_nature_2015``  in     0     --           --            centered
+===================  =====  ====  ===========  ============  =========================
 
 Two deliberate differences from every original: a centered variance that
 rounds below zero is clamped to zero (the originals return NaN there), and a
