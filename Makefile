@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test lint fuzz soak bench golden test-tensorflow clean
+.PHONY: help demo test test-min lint fuzz soak bench golden test-tensorflow clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
 	@echo "make test             run the test suite (doctests included)"
+	@echo "make test-min         the test suite on the declared minimum jax, jaxlib, optax and numpy (.venv-min)"
 	@echo "make lint             ruff (lint + format check) and mypy"
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (a few minutes)"
@@ -33,9 +34,25 @@ demo: $(VENV)/.installed-examples
 test: $(VENV)/.installed-test+examples
 	$(BIN)/python -m pytest -q
 
+# The declared minimums, exactly (tools/minimums.py reads them from
+# pyproject.toml); flax, Keras, Orbax and the rest at the newest versions pip
+# finds compatible with them. Only the `test` extra: `examples` asks for a flax
+# that needs a newer jax, and the tests of what needs it skip, saying so.
+.venv-min/.installed: pyproject.toml tools/minimums.py
+	test -x .venv-min/bin/python || $(PYTHON) -m venv .venv-min
+	.venv-min/bin/python -m pip install --quiet --upgrade pip
+	.venv-min/bin/python tools/minimums.py > .venv-min/minimums.txt
+	.venv-min/bin/python -m pip install --quiet -c .venv-min/minimums.txt -e ".[test]"
+	@touch $@
+
+test-min: .venv-min/.installed
+	@echo "declared minimums: $$(tr '\n' ' ' < .venv-min/minimums.txt)"
+	.venv-min/bin/python -c "import jax, jaxlib, optax, numpy; print('installed: jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__)"
+	.venv-min/bin/python -m pytest -q -rs
+
 lint: $(VENV)/.installed-lint
-	$(BIN)/ruff check rmsprop_jax tests examples benchmarks
-	$(BIN)/ruff format --check rmsprop_jax tests examples benchmarks
+	$(BIN)/ruff check rmsprop_jax tests examples benchmarks tools conftest.py
+	$(BIN)/ruff format --check rmsprop_jax tests examples benchmarks tools conftest.py
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-bench+examples
@@ -62,4 +79,4 @@ test-tensorflow: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
 
 clean:
-	rm -rf $(VENV) .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-min .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache

@@ -6,6 +6,7 @@
  'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding', 'validate_state']
 """
 
+import rmsprop_jax._versions  # noqa: F401  (first: refuses a JAX or Optax older than supported)
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
