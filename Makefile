@@ -4,12 +4,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 
-.PHONY: help demo test test-min lint fuzz soak bench golden test-tensorflow clean
+# torch comes from a local CPU wheel or PyTorch's CPU index, never as PyPI's
+# CUDA build (tools/install_torch.py). On CI (CI set) it must be had.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+INSTALL_TORCH = tools/install_torch.py --index $(TORCH_INDEX)
+
+.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
 	@echo "make test             run the test suite (doctests included)"
 	@echo "make test-min         the test suite on the declared minimum jax, jaxlib, optax and numpy (.venv-min)"
+	@echo "make torch            install torch's CPU build into .venv (make test tries this itself)"
 	@echo "make lint             ruff (lint + format check) and mypy"
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (a few minutes)"
@@ -31,8 +37,14 @@ comma := ,
 demo: $(VENV)/.installed-examples
 	$(BIN)/python examples/demo.py
 
+# Without a CPU build of torch (and off CI) the torch parity tests are skipped
+# with a reason; everything else runs.
 test: $(VENV)/.installed-test+examples
+	$(BIN)/python $(INSTALL_TORCH) $(if $(CI),--required)
 	$(BIN)/python -m pytest -q
+
+torch: | $(BIN)/python
+	$(BIN)/python $(INSTALL_TORCH) --required
 
 # The declared minimums, exactly (tools/minimums.py reads them from
 # pyproject.toml); flax, Keras, Orbax and the rest at the newest versions pip
@@ -46,6 +58,7 @@ test: $(VENV)/.installed-test+examples
 	@touch $@
 
 test-min: .venv-min/.installed
+	.venv-min/bin/python $(INSTALL_TORCH) -c .venv-min/minimums.txt $(if $(CI),--required)
 	@echo "declared minimums: $$(tr '\n' ' ' < .venv-min/minimums.txt)"
 	.venv-min/bin/python -c "import jax, jaxlib, optax, numpy; print('installed: jax', jax.__version__, 'jaxlib', jaxlib.__version__, 'optax', optax.__version__, 'numpy', numpy.__version__)"
 	.venv-min/bin/python -m pytest -q -rs
@@ -56,6 +69,7 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-bench+examples
+	$(BIN)/python $(INSTALL_TORCH) --required
 	$(BIN)/python benchmarks/bench.py
 
 soak: $(VENV)/.installed-test+examples

@@ -15,6 +15,7 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import TORCH_MISSING
 
 nnx = pytest.importorskip("flax.nnx")
 pytest.importorskip("sklearn")
@@ -59,7 +60,7 @@ def assert_trained(losses):
 
 @pytest.fixture(scope="module")
 def port_from_pytorch():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     return load("port_from_pytorch")
 
 
