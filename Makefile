@@ -1,15 +1,17 @@
-# Every target creates .venv on first use and installs what it needs.
+# Every target creates .venv on first use and installs what it needs, at the
+# versions in requirements/constraints.txt (what the suite was last run on).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
+CONSTRAINTS := requirements/constraints.txt
 
 # torch comes from a local CPU wheel or PyTorch's CPU index, never as PyPI's
 # CUDA build (tools/install_torch.py). On CI (CI set) it must be had.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INSTALL_TORCH = tools/install_torch.py --index $(TORCH_INDEX)
 
-.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow clean
+.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow constraints clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -22,14 +24,15 @@ help:
 	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
+	@echo "make constraints      rewrite requirements/constraints.txt from what .venv holds now"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# One stamp per set of extras, redone when pyproject.toml changes.
-$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
-	$(PIP) install --quiet -e ".[$(subst +,$(comma),$*)]"
+# One stamp per set of extras, redone when pyproject.toml or the constraints change.
+$(VENV)/.installed-%: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(PIP) install --quiet -c $(CONSTRAINTS) -e ".[$(subst +,$(comma),$*)]"
 	@touch $@
 
 comma := ,
@@ -40,11 +43,11 @@ demo: $(VENV)/.installed-examples
 # Without a CPU build of torch (and off CI) the torch parity tests are skipped
 # with a reason; everything else runs.
 test: $(VENV)/.installed-test+examples
-	$(BIN)/python $(INSTALL_TORCH) $(if $(CI),--required)
+	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) $(if $(CI),--required)
 	$(BIN)/python -m pytest -q
 
 torch: | $(BIN)/python
-	$(BIN)/python $(INSTALL_TORCH) --required
+	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
 
 # The declared minimums, exactly (tools/minimums.py reads them from
 # pyproject.toml); flax, Keras, Orbax and the rest at the newest versions pip
@@ -69,7 +72,7 @@ lint: $(VENV)/.installed-lint
 	$(BIN)/mypy
 
 bench: $(VENV)/.installed-bench+examples
-	$(BIN)/python $(INSTALL_TORCH) --required
+	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
 	$(BIN)/python benchmarks/bench.py
 
 soak: $(VENV)/.installed-test+examples
@@ -82,7 +85,8 @@ fuzz: $(VENV)/.installed-test+examples
 golden: $(VENV)/.installed-test+examples
 	$(BIN)/python tests/golden_hlo.py
 
-# TensorFlow (~3 GB with its dependencies) gets a venv of its own.
+# TensorFlow (~3 GB with its dependencies) gets a venv of its own, without the
+# constraints file (tensorflow-cpu 2.21.0 needs h5py < 3.15).
 .venv-tf/.installed: pyproject.toml
 	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
 	.venv-tf/bin/python -m pip install --quiet --upgrade pip
@@ -91,6 +95,11 @@ golden: $(VENV)/.installed-test+examples
 
 test-tensorflow: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
+
+# After deliberately moving .venv to other versions (see the file's header).
+constraints: | $(BIN)/python
+	{ grep '^#' $(CONSTRAINTS); $(PIP) freeze --exclude-editable | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(CONSTRAINTS).new
+	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
 	rm -rf $(VENV) .venv-min .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache
