@@ -79,7 +79,7 @@ soak: $(VENV)/.installed-test+examples
 	$(BIN)/python -m pytest -q -m soak tests/test_soak.py
 
 fuzz: $(VENV)/.installed-test+examples
-	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py tests/test_fuzz.py
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -q tests/test_properties.py tests/test_differential.py
 
 # After a deliberate change to the compiled step: commit the new files with it.
 golden: $(VENV)/.installed-test+examples
