@@ -16,7 +16,7 @@ from rmsprop_jax._param_rounding import ParamRoundingState, stochastic_param_rou
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FactoredNu",
