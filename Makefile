@@ -11,7 +11,7 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INSTALL_TORCH = tools/install_torch.py --index $(TORCH_INDEX)
 
-.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow constraints clean
+.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow dist constraints clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
+	@echo "make dist             build the sdist and wheel into dist/ and check them with twine"
 	@echo "make constraints      rewrite requirements/constraints.txt from what .venv holds now"
 
 $(BIN)/python:
@@ -96,10 +97,22 @@ golden: $(VENV)/.installed-test+examples
 test-tensorflow: .venv-tf/.installed
 	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
 
+# Build tools in a venv of their own, so that .venv stays what the tests ran on.
+.venv-dist/.installed: requirements/dist.txt
+	test -x .venv-dist/bin/python || $(PYTHON) -m venv .venv-dist
+	.venv-dist/bin/python -m pip install --quiet --upgrade pip
+	.venv-dist/bin/python -m pip install --quiet -r requirements/dist.txt
+	@touch $@
+
+dist: .venv-dist/.installed
+	rm -rf dist
+	.venv-dist/bin/python -m build
+	.venv-dist/bin/twine check --strict dist/*
+
 # After deliberately moving .venv to other versions (see the file's header).
 constraints: | $(BIN)/python
 	{ grep '^#' $(CONSTRAINTS); $(PIP) freeze --exclude-editable | sed 's/+cpu$$//' | LC_ALL=C sort -f; } > $(CONSTRAINTS).new
 	mv $(CONSTRAINTS).new $(CONSTRAINTS)
 
 clean:
-	rm -rf $(VENV) .venv-min .venv-tf demo_output .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .venv-min .venv-tf .venv-dist dist demo_output .pytest_cache .ruff_cache .mypy_cache
