@@ -6,6 +6,7 @@
  'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding', 'validate_state']
 """
 
+import rmsprop_jax._versions  # noqa: F401  (first: refuses a JAX or Optax older than supported)
 from rmsprop_jax import presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
@@ -15,7 +16,7 @@ from rmsprop_jax._param_rounding import ParamRoundingState, stochastic_param_rou
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "FactoredNu",

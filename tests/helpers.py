@@ -21,6 +21,12 @@ import optax
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
+# Why the torch parity tests skip when torch is absent (tools/install_torch.py).
+TORCH_MISSING = (
+    "torch is not installed: `make test` installs only a CPU build of torch (a local "
+    "wheel or PyTorch's CPU index), never PyPI's CUDA build; `make torch` says why none was found"
+)
+
 
 # --------------------------------------------------------------------------
 # Trees and gradients.

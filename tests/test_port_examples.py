@@ -15,9 +15,16 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import TORCH_MISSING
 
-pytest.importorskip("flax")
+nnx = pytest.importorskip("flax.nnx")
 pytest.importorskip("sklearn")
+if not hasattr(nnx.Variable, "set_value"):  # flax 0.12.0, the newest for jax 0.8.0
+    pytest.skip(
+        "the port examples call nnx.Variable.set_value, new in flax 0.12.1 (which needs "
+        "jax >= 0.8.1): `pip install 'flax>=0.12.1'`",
+        allow_module_level=True,
+    )
 
 EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 STEPS = 60
@@ -53,7 +60,7 @@ def assert_trained(losses):
 
 @pytest.fixture(scope="module")
 def port_from_pytorch():
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason=TORCH_MISSING)
     return load("port_from_pytorch")
 
 

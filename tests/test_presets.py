@@ -13,13 +13,10 @@ import optax
 import pytest
 import reference_originals as originals
 from configs import SCHEDULE
+from helpers import PARITY_STEPS as STEPS
+from helpers import PARITY_TOL as TOL
 from helpers import (
-    PARITY_STEPS as STEPS,
-)
-from helpers import (
-    PARITY_TOL as TOL,
-)
-from helpers import (
+    TORCH_MISSING,
     assert_trajectories_match,
     gradient_sequence,
     make_tree,
@@ -34,7 +31,11 @@ from rmsprop_jax import presets
 # --------------------------------------------------------------------------
 # PyTorch: torch.optim.RMSprop itself.
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason=TORCH_MISSING)
 
 TORCH_CONFIGS = {
     "default": dict(lr=0.01),
@@ -72,6 +73,7 @@ def torch_trajectory(kw, tree, grads, dtype, lr_lambda=None):
     return out
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize("name", sorted(TORCH_CONFIGS))
 def test_pytorch_parity(name, dtype, x64):
@@ -83,6 +85,7 @@ def test_pytorch_parity(name, dtype, x64):
     assert_trajectories_match(got, want, start_of(tree, dtype), start_of(tree, dtype), TOL[dtype])
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 @pytest.mark.parametrize(
     "kw", [dict(lr=0.01), dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.1)]
@@ -95,6 +98,7 @@ def test_pytorch_parity_complex(kw, dtype, x64):
     assert_trajectories_match(got, want, start_of(tree, dtype), start_of(tree, dtype), TOL[dtype])
 
 
+@needs_torch
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
 def test_pytorch_parity_lambda_lr_schedule(dtype, x64):
     """LambdaLR stepped every iteration; with momentum the lr sits outside the buffer."""

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import relative_error
+from helpers import TORCH_MISSING, relative_error
 
 from rmsprop_jax import presets
 
-torch = pytest.importorskip("torch")
+torch = pytest.importorskip("torch", reason=TORCH_MISSING)
 
 # optim_inputs_func_rmsprop: desc -> kwargs. The last one is a CUDA-only entry
 # ("Tensor lr with capturable") without its capturable flag; the other two
