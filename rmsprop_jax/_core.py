@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from rmsprop_jax import _dtypes, _factored, _step, _storage, _trees, _weight_decay
+from rmsprop_jax import _dtypes, _factored, _scalars, _step, _storage, _trees, _weight_decay
 from rmsprop_jax._config import Config
 
 Array = jax.Array
@@ -160,11 +160,11 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         if cfg.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
             keys = [_storage.mix(cfg.seed, t, i) for i in range(n)]
-        cache: dict[Any, _step.Scalars] = {}
+        cache: dict[Any, _scalars.Scalars] = {}
 
-        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> _step.Scalars:
+        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> _scalars.Scalars:
             if (real, work) not in cache:
-                cache[real, work] = _step.scalars(cfg, real, work, lr, wd_t, t)
+                cache[real, work] = _scalars.scalars(cfg, real, work, lr, wd_t, t)
             return cache[real, work]
 
         results = []

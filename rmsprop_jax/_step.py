@@ -14,202 +14,22 @@ In the order of the mathematics (``docs/algorithm.md`` has the whole of it):
    (``_storage``); narrow state is read back as stored.
 
 Every stage is elementwise (the factored average aside) and left to XLA to fuse.
-The scalars a step needs are made once per step and dtype, in :func:`scalars`.
+The scalars a step needs are made once per step and dtype, in :mod:`rmsprop_jax._scalars`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rmsprop_jax import _dtypes, _factored, _storage, _trees, _weight_decay
 from rmsprop_jax._config import Config
+from rmsprop_jax._scalars import Scalars, to_dtype
 
 Array = jax.Array
-
-
-class Scalars(NamedTuple):
-    """The step's scalar hyperparameters in one dtype, and the static decisions
-    that depend on them, made once per step and dtype rather than once per leaf
-    (a 2000-leaf tree compiled 2x slower)."""
-
-    decay: Array | None  # None where decay is concretely 0: no decay * nu term
-    decay_traced: bool  # decay known only at run time: guard 0 * inf
-    one_minus_decay: Array
-    eps: Array
-    lr: Array | None  # None for scale_by_rms; bounded, see scalars()
-    neg_lr: Array | None  # -lr, folded into the update where there is no buffer
-    momentum: Array | None
-    correction: Array | None
-    s_max: Array  # the bound on |s| where it has no natural one
-    s_min: Array  # -s_max
-    natural: bool  # a full, non-centered second moment bounds |s| by itself
-    momentum_unbounded: bool  # the buffer's bound cannot be proven statically
-    guard_zero_d: bool  # False when eps alone keeps the denominator positive
-    # The same scalars in the gradient's working dtype (complex for complex
-    # gradients), so that no leaf converts a scalar.
-    decay_w: Array | None
-    one_minus_decay_w: Array
-    correction_w: Array | None
-    lr_w: Array | None
-    neg_lr_w: Array | None
-    momentum_w: Array | None
-
-
-def _is_python_number(x: Any) -> bool:
-    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
-
-
-def _one_minus(x: Any, dtype: jnp.dtype) -> Array:
-    """``1 - x`` in ``dtype``; a Python number is subtracted in float64 first,
-    as optax does, so that ``1 - 0.9`` is not rounded twice and ``1 - x`` of an
-    ``x`` that rounds to 1 in ``dtype`` is not 0."""
-    if _is_python_number(x):
-        return jnp.asarray(1 - float(x), dtype)
-    return 1 - jnp.asarray(x, dtype)
-
-
-def _eps_keeps_d_positive(eps: Any, real: jnp.dtype) -> bool:
-    """True when eps alone keeps the denominator positive: a concrete eps at
-    least the dtype's smallest normal number (XLA flushes subnormals to zero).
-    Then the guard against 0/0 is left out of the program."""
-    if isinstance(eps, jax.core.Tracer):
-        return False
-    return bool(np.all(np.asarray(eps, np.float64) >= float(jnp.finfo(real).tiny)))
-
-
-def _rate(name: str, value: Any, real: jnp.dtype) -> Array:
-    """A learning rate or weight decay at this step, in ``real``.
-
-    A concrete value beyond the range of ``real`` cannot be honoured and is
-    refused; a value known only at run time (a schedule under jit, an injected
-    hyperparameter) is bounded to the finite range, so that it cannot turn a
-    step into inf or NaN."""
-    if np.ndim(value) != 0:
-        raise ValueError(
-            f"`{name}` must be a scalar at every step; its schedule returned shape "
-            f"{np.shape(value)}."
-        )
-    largest = float(jnp.finfo(real).max)
-    if not isinstance(value, jax.core.Tracer):
-        x = float(np.asarray(value, np.float64).real)
-        if not abs(x) <= largest:
-            raise ValueError(
-                f"`{name}` is {x!r} at this step, beyond the range of "
-                f"{jnp.dtype(real).name}, the dtype this step is computed in (largest "
-                f"{largest:.4g}); use a smaller value or float64 parameters."
-            )
-        return jnp.asarray(value, real)
-    value = jnp.asarray(value).real.astype(real)
-    return jnp.clip(value, -largest, largest)
-
-
-def _to(x: Array, dtype: jnp.dtype) -> Array:
-    """``x`` in ``dtype``, with no op where it already is."""
-    return x if x.dtype == dtype else jax.lax.convert_element_type(x, dtype)
-
-
-def _cast(x: Array | None, dtype: jnp.dtype) -> Array | None:
-    return None if x is None else _to(x, dtype)
-
-
-def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: Array) -> Scalars:
-    """The scalars of step ``t`` (1, 2, ...) in dtype ``real`` (and ``work``).
-
-    ``s = g / d`` must stay finite, and so must ``lr * s`` and the momentum
-    buffer, which grows to ``lr * s / (1 - m)``: ``0 * inf`` would be NaN.
-
-    - Without centering, a full second moment bounds ``s`` by itself: the
-      current step alone puts at least ``(1 - decay) g^2`` into it, so
-      ``|s| <= 1 / sqrt(1 - decay)`` (doubled here for rounding and narrow
-      storage). Then only the learning rate needs bounding, once per step:
-      statically where it is a number, by a scalar clip where it is traced.
-    - Centered and factored second moments have no such bound (the variance
-      of constant gradients is 0, so ``s = g / sqrt(eps)``): there ``s`` is
-      clamped to ``max * (1 - m) / max(|lr|, 1)``. Clamping ``s`` once is
-      cheap; clamping the stored buffer instead made XLA copy and re-read the
-      state (a 5x slower step). A momentum that rounds to 1 in this dtype keeps
-      the bound at ``max * eps``, not 0.
-    """
-    decay_zero = _is_python_number(cfg.decay) and float(cfg.decay) == 0
-    decay = None if decay_zero else jnp.asarray(cfg.decay, real)
-    if wd is not None:
-        _rate("weight_decay", wd, real)  # refuses what cannot be honoured
-    finfo = jnp.finfo(real)
-    largest = float(finfo.max)
-    m = None if cfg.momentum is None else jnp.asarray(cfg.momentum, real)
-    static_m = cfg.momentum is None or _is_python_number(cfg.momentum)
-    one_minus_m_static = 1.0 if cfg.momentum is None else None
-    if cfg.momentum is not None and static_m:
-        one_minus_m_static = max(1 - float(cfg.momentum), float(finfo.eps))
-    one_minus_m = (
-        jnp.asarray(1.0, real)
-        if m is None
-        else jnp.maximum(_one_minus(cfg.momentum, real), finfo.eps)
-    )
-
-    natural = not cfg.centered and _is_python_number(cfg.decay)
-    bound = 2.0 / float(np.sqrt(1 - float(cfg.decay))) if natural else None
-    lr_r = None
-    if not cfg.scale_only:
-        lr_r = _rate("learning_rate", lr, real)
-        if natural and bound is not None:
-            if isinstance(lr, jax.core.Tracer) or one_minus_m_static is None:
-                lr_r = jnp.clip(lr_r, -largest * one_minus_m / bound, largest * one_minus_m / bound)
-            elif abs(float(np.asarray(lr).real)) * bound / one_minus_m_static > largest:
-                natural = False  # a learning rate this large: clamp s instead
-    s_max = jnp.asarray(largest, real) * one_minus_m
-    if lr_r is not None:
-        s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
-    momentum_unbounded = cfg.momentum is not None and (
-        not static_m or 1 - float(cfg.momentum) < float(finfo.eps)
-    )
-    one_minus_decay = _one_minus(cfg.decay, real)
-    correction = _bias_correction(cfg, real, t) if cfg.bias_correction else None
-    neg_lr = None if lr_r is None else -lr_r
-    return Scalars(
-        decay=decay,
-        decay_traced=decay is not None and not _is_python_number(cfg.decay),
-        one_minus_decay=one_minus_decay,
-        eps=jnp.asarray(cfg.eps, real),
-        lr=lr_r,
-        neg_lr=neg_lr,
-        momentum=m,
-        correction=correction,
-        decay_w=_cast(decay, work),
-        one_minus_decay_w=_to(one_minus_decay, work),
-        correction_w=_cast(correction, work),
-        lr_w=_cast(lr_r, work),
-        neg_lr_w=_cast(neg_lr, work),
-        momentum_w=_cast(m, work),
-        s_max=s_max,
-        s_min=-s_max,
-        natural=natural,
-        momentum_unbounded=momentum_unbounded,
-        guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
-    )
-
-
-def _bias_correction(cfg: Config, real: jnp.dtype, t: Array) -> Array | None:
-    r""":math:`1 - \rho^t`, as optax computes it, kept exact where that cannot be.
-
-    A Python-number decay that rounds to 1 in ``real`` (0.99999999 in
-    float32) would make :math:`1 - \rho^t` exactly 0; there it is computed as
-    :math:`-\operatorname{expm1}(t \log\rho)` with :math:`\log\rho` taken in
-    float64. A traced decay (known at run time only) is kept above zero."""
-    decay = jnp.asarray(cfg.decay, real)
-    if _is_python_number(cfg.decay):
-        if float(cfg.decay) == 0:
-            return None  # 1 - 0^t = 1
-        if float(np.asarray(cfg.decay, real)) == 1:
-            log_decay = jnp.asarray(np.log1p(-(1 - float(cfg.decay))), real)
-            return -jnp.expm1(t.astype(real) * log_decay)
-        return 1 - decay ** t.astype(real)
-    return jnp.maximum(1 - decay ** t.astype(real), jnp.finfo(real).tiny)
 
 
 @jax.custom_jvp
@@ -284,14 +104,14 @@ def moments(
         new_nu = jax.lax.mul(sc.one_minus_decay, g2)
         if sc.decay_traced:  # a run-time decay of 1 (1 - decay = 0) meets inf as 0
             new_nu = jnp.where(sc.one_minus_decay > 0, new_nu, 0)
-        decayed = _decayed(sc.decay, sc.decay_traced, _to(nu, real))
+        decayed = _decayed(sc.decay, sc.decay_traced, to_dtype(nu, real))
         if decayed is not None:
             new_nu = jax.lax.add(new_nu, decayed)
     new_mu = None
     if cfg.centered:
         assert mu is not None
         new_mu = jax.lax.mul(sc.one_minus_decay_w, g)
-        decayed = _decayed(sc.decay_w, sc.decay_traced, _to(mu, g.dtype))
+        decayed = _decayed(sc.decay_w, sc.decay_traced, to_dtype(mu, g.dtype))
         if decayed is not None:
             new_mu = jax.lax.add(new_mu, decayed)
     return new_nu, new_mu, finite
@@ -353,9 +173,9 @@ def normalise(
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
     elif cfg.eps_in_sqrt:
-        s = jax.lax.mul(g, _to(jax.lax.rsqrt(jax.lax.add(v, eps)), work))  # as optax does
+        s = jax.lax.mul(g, to_dtype(jax.lax.rsqrt(jax.lax.add(v, eps)), work))  # as optax does
     else:
-        s = jax.lax.div(g, _to(jax.lax.add(_sqrt(v), eps), work))
+        s = jax.lax.div(g, to_dtype(jax.lax.add(_sqrt(v), eps), work))
     if finite is not None:
         s = jnp.where(finite, s, 0)
     if not clamp:
@@ -391,7 +211,7 @@ def momentum_step(
         return lax.mul(neg_lr, s), None
     assert sc.momentum_w is not None and trace is not None
     m = sc.momentum_w
-    neg_b = _to(trace, s.dtype)  # -b
+    neg_b = to_dtype(trace, s.dtype)  # -b
     if cfg.lr_in_momentum:
         stored, neg_b = keep(lax.add(lax.mul(m, neg_b), lax.mul(neg_lr, s)))
         update = lax.add(lax.mul(neg_lr, s), lax.mul(m, neg_b)) if cfg.nesterov else neg_b
@@ -413,7 +233,7 @@ def _keeper(dtype: jnp.dtype, key: Array | None, saturated: bool) -> Callable[[A
     def keep(x: Array) -> tuple[Array, Array]:
         stored = _storage.store(x, dtype, key, saturated)
         if jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits:
-            return stored, _to(stored, x.dtype)
+            return stored, to_dtype(stored, x.dtype)
         return stored, x
 
     return keep
@@ -467,7 +287,7 @@ def leaf_step(
     if key is not None:
         keys = [_storage.mix(key, i) for i in range(3)]
 
-    g = effective_gradient(cfg, _to(g, work), p, wd, real)
+    g = effective_gradient(cfg, to_dtype(g, work), p, wd, real)
     new_nu, new_mu, finite = moments(cfg, g, nu, mu, sc, axes, real)
     stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
     stored_mu = None
@@ -499,4 +319,4 @@ def leaf_step(
         update = _storage.saturate(update, out_dtype if not split else real)
     if split:
         update = _dtypes.merge_complex(update, out_dtype)
-    return _to(update, out_dtype), stored_nu, stored_mu, stored_trace
+    return to_dtype(update, out_dtype), stored_nu, stored_mu, stored_trace
