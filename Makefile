@@ -23,7 +23,7 @@ help:
 	@echo "make soak             100,000-step soak runs (a few minutes)"
 	@echo "make bench            step time vs optax, torch and the bandwidth floor (~15 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
-	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu, ~1.5 GB)"
+	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu into .venv-tf, 2.4 GB)"
 	@echo "make docs             the documentation site, offline, warnings as errors: docs/_build/html/index.html"
 	@echo "make dist             build the sdist and wheel into dist/ and check them with twine"
 	@echo "make constraints      rewrite requirements/constraints.txt from what .venv holds now"
@@ -87,7 +87,7 @@ fuzz: $(VENV)/.installed-test+examples
 golden: $(VENV)/.installed-test+examples
 	$(BIN)/python tests/golden_hlo.py
 
-# TensorFlow (~3 GB with its dependencies) gets a venv of its own, without the
+# TensorFlow (.venv-tf is 2.4 GB with its dependencies) gets a venv of its own, without the
 # constraints file (tensorflow-cpu 2.21.0 needs h5py < 3.15).
 .venv-tf/.installed: pyproject.toml
 	test -x .venv-tf/bin/python || $(PYTHON) -m venv .venv-tf
@@ -96,7 +96,7 @@ golden: $(VENV)/.installed-test+examples
 	@touch $@
 
 test-tensorflow: .venv-tf/.installed
-	.venv-tf/bin/python -m pytest -q -m tensorflow tests/test_tensorflow.py
+	.venv-tf/bin/python -m pytest -q -rs -m tensorflow tests/test_tensorflow.py tests/peers/test_tf_rmsprop.py
 
 # The documentation (Sphinx and its theme) gets a venv of its own too. Both
 # builders share one doctree cache; the doctest builder runs the examples the

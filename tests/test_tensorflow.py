@@ -1,6 +1,6 @@
 """Parity with TensorFlow 1's tf.compat.v1.train.RMSPropOptimizer.
 
-TensorFlow is an optional extra (about 1.5 GB): `make test-tensorflow` installs
+TensorFlow is an optional extra (2.4 GB installed): `make test-tensorflow` installs
 it in its own venv and runs this file. Without it these tests are skipped.
 """
 

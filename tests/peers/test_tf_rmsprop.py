@@ -240,7 +240,9 @@ def test_callable_params(dtype):
     ("learning_rate", "decay", "momentum", "epsilon", "centered"), DENSE_CONFIGS
 )
 def test_reference_matches_tensorflow(learning_rate, decay, momentum, epsilon, centered):
-    tf = pytest.importorskip("tensorflow")
+    tf = pytest.importorskip(
+        "tensorflow", reason="tensorflow-cpu is not installed; run `make test-tensorflow`"
+    )
     kw = dict(
         learning_rate=learning_rate,
         decay=decay,
