@@ -531,6 +531,7 @@ def main(argv=None):
             results["fusion"] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
     results["load after"] = _load()
 
+    (out / "bench.json").write_text(json.dumps(results, indent=2))  # before the report
     write_report(results, out)
     plot(results, HERE.parent / "docs" / "bench.png")
     return results
@@ -659,7 +660,6 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, cfg in zip(axes, CONFIGS):
         rows = sorted((r for r in results["rows"] if r["config"] == cfg), key=lambda r: r["params"])
-        x = [r["params"] for r in rows]
         for key, label in [
             ("rmsprop_jax ms", "rmsprop_jax"),
             ("optax ms", "optax.rmsprop"),
@@ -668,9 +668,9 @@ def plot(results, path):
             ("torch.compile ms", "torch.compile"),
             ("floor ms", "bandwidth floor"),
         ]:
-            if not all(key in r for r in rows):
-                continue
-            ax.plot(x, [r[key] for r in rows], "o-" if "floor" not in key else "k--", label=label)
+            pts = [(r["params"], r[key]) for r in rows if key in r]  # torch.compile may be missing
+            if pts:
+                ax.plot(*zip(*pts), "o-" if "floor" not in key else "k--", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters")

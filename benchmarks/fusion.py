@@ -341,14 +341,12 @@ def report(result: dict) -> list[str]:
     ]
     tail = [
         "",
-        "sibling_rmsprop against rmsprop_jax, largest parameter difference over 50 steps "
-        "relative to the distance moved: "
+        "Largest parameter difference from rmsprop_jax over 50 steps, relative to the "
+        "distance moved (float32 rounding; optax's for scale): "
         + "; ".join(
-            f"{label}: "
-            + ", ".join(
-                f"{cfg} {v:.1e}" for cfg, v in result["sibling vs rmsprop_jax"][key].items()
-            )
-            for key, label in (("default", "flag off"), ("flag", "flag on"))
+            f"flag {label}, {cfg}: sibling {v['sibling']:.1e}, optax {v['optax']:.1e}"
+            for key, label in (("default", "off"), ("flag", "on"))
+            for cfg, v in result["sibling vs rmsprop_jax"][key].items()
         )
         + ".",
     ]
