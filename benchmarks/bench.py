@@ -3,25 +3,39 @@
 For each parameter tree (ResNet-50-shaped, GPT-2-small-shaped, 2000 small
 leaves) and configuration (plain; centered + momentum) it times one jitted
 optimizer step (update + optax.apply_updates, parameters and state donated)
-of rmsprop_jax and optax.rmsprop, torch.optim.RMSprop's step with
-foreach=False and foreach=True on tensors of the same shapes, and computes
-the floor: the bytes the step must move divided by the bandwidth of a large
-in-place array update measured in the same run. Contestants are interleaved
-and repeated; medians are reported, and ratios, since the machine is shared.
+of rmsprop_jax and optax.rmsprop, and torch.optim.RMSprop's step on tensors
+of the same shapes: eager with foreach=False and foreach=True, and
+``torch.compile(opt.step)`` (foreach=False; its first call, the compilation,
+is timed on its own, with inductor's caches off). The contestants are timed
+in interleaved rounds: each round times every contestant once, in a rotating
+order, and the ratios are taken within a round, so that a slow moment of the
+shared machine slows both sides of a ratio. Reported: medians, and for the
+ratios the lowest and highest round too. A contestant that cannot run here
+(torch.compile without a working compiler) is reported missing, with why.
 
-Then: trace+compile time on the 2000-leaf tree, state bytes and step time of
-bfloat16 / stochastically rounded / factored state, the error of a slow
-bfloat16 average against float32, and the demo classifier's accuracy with the
-factored second moment.
+The floor is the bytes the step must move divided by the memory bandwidth,
+measured on its own (a large in-place triad, x <- 0.999 x + y) in a quiet
+phase before and after the contestants' rounds: median and spread of GB/s,
+the floors from the median.
+
+Then: trace, lowering and compile time of the 2000-leaf step for both
+configurations (ours and optax's, interleaved trials); the 2000-leaf and
+ResNet-50 steps on flat parameters (one vector) against per leaf; state bytes
+and step time of bfloat16 / stochastically rounded / factored state; the cost
+of stochastic parameter rounding (param_rounding.py); the error of a slow
+bfloat16 average against float32; the demo classifier's accuracy with the
+factored second moment; and multi-output fusion on XLA:CPU (fusion.py, in
+subprocesses).
 
 Writes benchmarks/results/bench.md, bench.json and docs/bench.png.
-Usage: python benchmarks/bench.py [--reps 7] [--quick]
+Usage: python benchmarks/bench.py [--reps 15] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import platform
 import statistics
@@ -38,6 +52,8 @@ import rmsprop_jax
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import fusion  # noqa: E402
+import param_rounding  # noqa: E402
 import trees  # noqa: E402
 
 CONFIGS = {
@@ -92,6 +108,33 @@ def torch_stepper(kw, shapes, foreach):
     return run
 
 
+def torch_compile_stepper(kw, shapes):
+    """``torch.compile(opt.step)`` with foreach=False: ``(run, compile seconds)``,
+    the compilation being the first call (inductor's caches off, so that it is
+    a cold compile every time). Raises whatever torch.compile raises."""
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.force_disable_caches = True
+    torch._dynamo.reset()  # a fresh cache: RMSprop.step is one code object for all
+    params = [torch.randn(shape) for shape in shapes.values()]
+    for p in params:
+        p.grad = torch.randn(p.shape) * 0.1
+    opt = torch.optim.RMSprop(params, foreach=False, **kw)
+    step = torch.compile(opt.step)
+
+    def run(n):
+        with torch.no_grad():
+            for _ in range(n):
+                step()
+
+    t0 = time.perf_counter()
+    run(1)
+    compile_s = time.perf_counter() - t0
+    run(2)
+    return run, compile_s
+
+
 def bandwidth_stepper(n_floats=64 * 2**20):
     """A large in-place update x <- 0.999 x + y: 3 arrays of traffic."""
     f = jax.jit(lambda x, y: x * 0.999 + y, donate_argnums=0)
@@ -108,6 +151,30 @@ def bandwidth_stepper(n_floats=64 * 2**20):
     return run, 3 * 4 * n_floats
 
 
+def torch_bandwidth_stepper(n_floats=64 * 2**20):
+    """The same triad in PyTorch, one ATen kernel: x <- y + 0.999 x, in place."""
+    x, y = torch.ones(n_floats), torch.ones(n_floats)
+
+    def run(n):
+        for _ in range(n):
+            torch.add(y, x, alpha=0.999, out=x)
+
+    run(2)
+    return run, 3 * 4 * n_floats
+
+
+def bandwidth_phase(runners, reps, target_s=0.3):
+    """GB/s of ``reps`` timed batches of each triad (alternating), nothing else running."""
+    inner = {name: calibrate(run, target_s) for name, (run, _) in runners.items()}
+    out = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, (run, nbytes) in runners.items():
+            t0 = time.perf_counter()
+            run(inner[name])
+            out[name].append(nbytes * inner[name] / (time.perf_counter() - t0) / 1e9)
+    return out
+
+
 def calibrate(run, target_s=0.05):
     t0 = time.perf_counter()
     run(1)
@@ -115,33 +182,77 @@ def calibrate(run, target_s=0.05):
     return max(1, int(target_s / max(once, 1e-6)))
 
 
-def interleaved_medians(runners: dict, reps: int) -> dict:
-    """Median seconds per step of each runner, measured round-robin."""
-    inner = {name: calibrate(run) for name, run in runners.items()}
-    times: dict[str, list[float]] = {name: [] for name in runners}
+def interleaved_rounds(runners: dict, reps: int, target_s: float = 0.05) -> list[dict]:
+    """Seconds per step of each runner in ``reps`` rounds; each round times
+    every runner once, in a rotating order."""
+    inner = {name: calibrate(run, target_s) for name, run in runners.items()}
     names = list(runners)
+    rounds = []
     for r in range(reps):
+        times = {}
         for name in names[r % len(names) :] + names[: r % len(names)]:
             t0 = time.perf_counter()
             runners[name](inner[name])
-            times[name].append((time.perf_counter() - t0) / inner[name])
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            times[name] = (time.perf_counter() - t0) / inner[name]
+        rounds.append(times)
+    return rounds
 
 
-def compile_time(make_opt, params, trials=3):
-    out = []
-    for _ in range(trials):
-        opt = make_opt()
+def medians(rounds: list[dict]) -> dict:
+    return {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
 
-        def step(params, state, grads, opt=opt):  # a fresh function: no cache hit
-            updates, state = opt.update(grads, state, params)
-            return optax.apply_updates(params, updates), state
 
-        state = opt.init(params)
-        t0 = time.perf_counter()
-        jax.jit(step).lower(params, state, params).compile()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
+def spread(xs) -> dict:
+    xs = list(xs)
+    return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
+
+
+def ratio(rounds: list[dict], num, den) -> dict:
+    """The per-round ratio num / den (``num`` or ``den`` may be a function of
+    the round): median, lowest and highest round."""
+    get = lambda r, k: k(r) if callable(k) else r[k]
+    return spread(get(r, num) / get(r, den) for r in rounds)
+
+
+def fmt(r: dict | None, digits: int = 2) -> str:
+    """A ratio as "median (lowest-highest)"."""
+    if r is None:
+        return "n/a"
+    return f"{r['median']:.{digits}f} ({r['lowest']:.{digits}f}-{r['highest']:.{digits}f})"
+
+
+def compile_times(make_opts: dict, params, trials=3) -> dict:
+    """Trace, lower and compile seconds of a fresh step per optimizer (so that
+    no cache is hit), the optimizers interleaved over ``trials``; medians."""
+    out = {name: {"trace": [], "lower": [], "compile": []} for name in make_opts}
+    names = list(make_opts)
+    for trial in range(trials):
+        for name in names[trial % len(names) :] + names[: trial % len(names)]:
+            opt = make_opts[name]()
+
+            def step(params, state, grads, opt=opt):
+                updates, state = opt.update(grads, state, params)
+                return optax.apply_updates(params, updates), state
+
+            state = opt.init(params)
+            t0 = time.perf_counter()
+            traced = jax.jit(step).trace(params, state, params)
+            t1 = time.perf_counter()
+            lowered = traced.lower()
+            t2 = time.perf_counter()
+            lowered.compile()
+            t3 = time.perf_counter()
+            for key, dt in (("trace", t1 - t0), ("lower", t2 - t1), ("compile", t3 - t2)):
+                out[name][key].append(dt)
+    return {
+        name: {
+            **{k: statistics.median(v) for k, v in d.items()},
+            "total": statistics.median(
+                a + b + c for a, b, c in zip(d["trace"], d["lower"], d["compile"])
+            ),
+        }
+        for name, d in out.items()
+    }
 
 
 def slow_average_error(nu_dtype, stochastic, steps=3000):
@@ -160,27 +271,11 @@ def state_bytes(state):
     return sum(x.nbytes for x in jax.tree.leaves((state.nu, state.mu, state.trace)))
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--quick", action="store_true", help="skip GPT-2 (for a fast check)")
-    parser.add_argument("--out", default=str(HERE / "results"))
-    args = parser.parse_args(argv)
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, len(jax.devices("cpu")) and torch.get_num_threads()))
+TORCH_COMPILE = "torch.compile"
 
-    tree_list = {"ResNet-50": trees.resnet50(), "2000 small leaves": trees.small_leaves()}
-    if not args.quick:
-        tree_list["GPT-2 small"] = trees.gpt2_small()
-    results = {
-        "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch threads, jax {jax.__version__} "
-        f"on {jax.devices()[0].platform}",
-        "rows": [],
-    }
-    bw_run, bw_bytes = bandwidth_stepper()
 
+def step_times(tree_list, reps, results, compile_max_leaves):
+    """The main table: every contestant on every tree and configuration."""
     for tree_name, shapes in tree_list.items():
         n = trees.count(shapes)
         params = make_params(shapes)
@@ -191,45 +286,89 @@ def main(argv=None):
                 "optax": jax_stepper(optax.rmsprop(**cfg["jax"]), params, grads),
                 "torch foreach=False": torch_stepper(cfg["torch"], shapes, foreach=False),
                 "torch foreach=True": torch_stepper(cfg["torch"], shapes, foreach=True),
-                "bandwidth": bw_run,
             }
-            med = interleaved_medians(runners, args.reps)
-            bandwidth = bw_bytes / med.pop("bandwidth")
-            floor = cfg["arrays"] * 4 * n / bandwidth
-            best_torch = min(med["torch foreach=False"], med["torch foreach=True"])
-            row = {
-                "tree": tree_name,
-                "params": n,
-                "leaves": len(shapes),
-                "config": cfg_name,
-                **{f"{k} ms": 1e3 * v for k, v in med.items()},
-                "floor ms": 1e3 * floor,
-                "bandwidth GB/s": bandwidth / 1e9,
-                "vs optax": med["rmsprop_jax"] / med["optax"],
-                "torch / ours": best_torch / med["rmsprop_jax"],
-                "vs floor": med["rmsprop_jax"] / floor,
-            }
+            row = {"tree": tree_name, "params": n, "leaves": len(shapes), "config": cfg_name}
+            if len(shapes) > compile_max_leaves:
+                row["torch.compile missing"] = (
+                    f"not attempted: {len(shapes)} leaves > --torch-compile-max-leaves "
+                    f"{compile_max_leaves} (a cold compile of a 2000-tensor step ran for more "
+                    "than 9 minutes without finishing on the development machine)"
+                )
+            else:
+                try:
+                    runners[TORCH_COMPILE], row["torch.compile compile s"] = torch_compile_stepper(
+                        cfg["torch"], shapes
+                    )
+                except Exception as e:  # a missing compiler, an unsupported platform
+                    row["torch.compile missing"] = f"{type(e).__name__}: {str(e)[:300]}"
+            rounds = interleaved_rounds(runners, reps)
+            med = medians(rounds)
+            row.update({f"{k} ms": 1e3 * v for k, v in med.items()})
+            row["bytes"] = cfg["arrays"] * 4 * n
+            row["ours/optax"] = ratio(rounds, "rmsprop_jax", "optax")
+            row["ours/torch.compile"] = (
+                ratio(rounds, "rmsprop_jax", TORCH_COMPILE) if TORCH_COMPILE in med else None
+            )
+            row["best torch eager/ours"] = ratio(
+                rounds,
+                lambda r: min(r["torch foreach=False"], r["torch foreach=True"]),
+                "rmsprop_jax",
+            )
             results["rows"].append(row)
+            tc = (
+                f"{row[TORCH_COMPILE + ' ms']:9.3f} "
+                f"(compile {row['torch.compile compile s']:.1f} s)"
+                if TORCH_COMPILE in med
+                else "missing"
+            )
             print(
                 f"{tree_name:<18}{cfg_name:<19} ours {row['rmsprop_jax ms']:9.3f} ms  "
-                f"optax {row['optax ms']:9.3f}  torch {1e3 * best_torch:9.3f}  "
-                f"floor {row['floor ms']:9.3f}  | vs optax {row['vs optax']:.2f}  "
-                f"torch/ours {row['torch / ours']:.2f}  vs floor {row['vs floor']:.2f}",
+                f"optax {row['optax ms']:9.3f}  torch {row['torch foreach=False ms']:9.3f} / "
+                f"{row['torch foreach=True ms']:9.3f}  torch.compile {tc}  | ours/optax "
+                f"{fmt(row['ours/optax'])}  ours/torch.compile {fmt(row['ours/torch.compile'])}",
                 flush=True,
             )
             del runners
 
-    small = make_params(trees.small_leaves())
-    ours_c = compile_time(lambda: rmsprop_jax.rmsprop(1e-3, centered=True, momentum=0.9), small)
-    optax_c = compile_time(lambda: optax.rmsprop(1e-3, centered=True, momentum=0.9), small)
-    results["compile"] = {"rmsprop_jax s": ours_c, "optax s": optax_c, "ratio": ours_c / optax_c}
-    print(
-        f"trace+compile, 2000 leaves, centered+momentum: ours {ours_c:.2f} s, optax "
-        f"{optax_c:.2f} s, ratio {ours_c / optax_c:.2f}",
-        flush=True,
-    )
 
-    # Lighter state, on the ResNet-50 tree (plain configuration + momentum).
+def flat_params(reps, results):
+    """Flat parameters (one vector) against per leaf, rmsprop_jax, both configurations."""
+    from jax.flatten_util import ravel_pytree
+
+    out = []
+    for tree_name, shapes in {
+        "2000 small leaves": trees.small_leaves(),
+        "ResNet-50": trees.resnet50(),
+    }.items():
+        params = make_params(shapes)
+        grads = jax.tree.map(lambda p: 0.1 * p, params)
+        flat, flat_grads = ravel_pytree(params)[0], ravel_pytree(grads)[0]
+        for cfg_name, cfg in CONFIGS.items():
+            runners = {
+                "per leaf": jax_stepper(rmsprop_jax.rmsprop(**cfg["jax"]), params, grads),
+                "flat": jax_stepper(rmsprop_jax.rmsprop(**cfg["jax"]), flat, flat_grads),
+            }
+            rounds = interleaved_rounds(runners, reps)
+            med = medians(rounds)
+            row = {
+                "tree": tree_name,
+                "config": cfg_name,
+                "per leaf ms": 1e3 * med["per leaf"],
+                "flat ms": 1e3 * med["flat"],
+                "speed-up": ratio(rounds, "per leaf", "flat"),
+            }
+            out.append(row)
+            print(
+                f"flat parameters, {tree_name}, {cfg_name}: per leaf {row['per leaf ms']:.3f} ms, "
+                f"flat {row['flat ms']:.3f} ms, speed-up {fmt(row['speed-up'], 1)}",
+                flush=True,
+            )
+            del runners
+    results["flat_params"] = out
+
+
+def light_state(reps, results):
+    """Lighter state, on the ResNet-50 tree (momentum)."""
     shapes = trees.resnet50()
     params = make_params(shapes)
     grads = jax.tree.map(lambda p: 0.1 * p, params)
@@ -248,16 +387,119 @@ def main(argv=None):
         opt = rmsprop_jax.rmsprop(1e-3, momentum=0.9, **kw)
         runners[name] = jax_stepper(opt, params, grads)
         light.append({"variant": name, "state bytes / param": state_bytes(opt.init(params)) / n})
-    med = interleaved_medians(runners, args.reps)
+    rounds = interleaved_rounds(runners, reps)
+    med = medians(rounds)
     for row in light:
         row["step ms"] = 1e3 * med[row["variant"]]
-        row["time vs float32"] = med[row["variant"]] / med["float32 state"]
+        row["time vs float32"] = ratio(rounds, row["variant"], "float32 state")
         print(
             f"{row['variant']:<32} state {row['state bytes / param']:.3f} B/param, "
-            f"step {row['step ms']:.2f} ms ({row['time vs float32']:.2f}x)",
+            f"step {row['step ms']:.2f} ms ({fmt(row['time vs float32'])}x)",
             flush=True,
         )
     results["light_state"] = light
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--reps", type=int, default=15, help="interleaved rounds (each times every contestant once)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip GPT-2; one compile trial; short fusion and parameter-rounding runs",
+    )
+    parser.add_argument(
+        "--out", default=str(HERE / "results"), help="folder for bench.md and .json"
+    )
+    parser.add_argument(
+        "--torch-compile-max-leaves",
+        type=int,
+        default=500,
+        help="compile torch's step only for trees with at most this many tensors",
+    )
+    parser.add_argument("--no-fusion", action="store_true", help="skip the fusion subprocesses")
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    tree_list = {"ResNet-50": trees.resnet50(), "2000 small leaves": trees.small_leaves()}
+    if not args.quick:
+        tree_list["GPT-2 small"] = trees.gpt2_small()
+    results = {
+        "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch threads (torch {torch.__version__}), "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}",
+        "reps": args.reps,
+        "quick": args.quick,
+        "load before": _load(),
+        "rows": [],
+    }
+
+    # The floor: the bandwidth alone, before and after the contestants. XLA's
+    # triad sets the floor (as the jax steps are compiled by XLA); PyTorch's is
+    # reported beside it.
+    triads = {"xla": bandwidth_stepper(), "torch": torch_bandwidth_stepper()}
+    bw_reps = max(3, min(args.reps, 9))
+    before = bandwidth_phase(triads, bw_reps)
+    print(
+        f"bandwidth before: xla {fmt(spread(before['xla']))} GB/s, torch "
+        f"{fmt(spread(before['torch']))} GB/s",
+        flush=True,
+    )
+    step_times(tree_list, args.reps, results, args.torch_compile_max_leaves)
+    after = bandwidth_phase(triads, bw_reps)
+    print(
+        f"bandwidth after: xla {fmt(spread(after['xla']))} GB/s, torch "
+        f"{fmt(spread(after['torch']))} GB/s",
+        flush=True,
+    )
+    del triads
+    results["bandwidth GB/s"] = {
+        name: {
+            **spread(before[name] + after[name]),
+            "before": spread(before[name]),
+            "after": spread(after[name]),
+            "samples": len(before[name] + after[name]),
+        }
+        for name in ("xla", "torch")
+    }
+    bandwidth = results["bandwidth GB/s"]["xla"]["median"]
+    for row in results["rows"]:
+        row["floor ms"] = 1e3 * row["bytes"] / (bandwidth * 1e9)
+        row["ours/floor"] = row["rmsprop_jax ms"] / row["floor ms"]
+
+    small = make_params(trees.small_leaves())
+    results["compile"] = {}
+    for cfg_name, cfg in CONFIGS.items():
+        kw = cfg["jax"]
+        c = compile_times(
+            {
+                "rmsprop_jax": lambda kw=kw: rmsprop_jax.rmsprop(**kw),
+                "optax": lambda kw=kw: optax.rmsprop(**kw),
+            },
+            small,
+            trials=1 if args.quick else 3,
+        )
+        c["ratio"] = c["rmsprop_jax"]["total"] / c["optax"]["total"]
+        results["compile"][cfg_name] = c
+        print(
+            f"trace+lower+compile, 2000 leaves, {cfg_name}: ours {c['rmsprop_jax']['total']:.2f} s "
+            f"(trace {c['rmsprop_jax']['trace']:.2f}), optax {c['optax']['total']:.2f} s "
+            f"(trace {c['optax']['trace']:.2f}), ratio {c['ratio']:.2f}",
+            flush=True,
+        )
+    del small
+
+    flat_params(args.reps, results)
+    light_state(args.reps, results)
+    results["param_rounding"] = param_rounding.measure(args.reps, args.quick)
+    for label, r in results["param_rounding"]["ratios"].items():
+        print(f"stochastic parameter rounding, {label}: {fmt(r)}x", flush=True)
     results["slow_average_error"] = {
         "float32": slow_average_error(None, False),
         "bfloat16 nearest": slow_average_error(jnp.bfloat16, False),
@@ -282,31 +524,95 @@ def main(argv=None):
         f"digits classifier test accuracy: full {acc['full']:.4f}, factored {acc['factored']:.4f}"
     )
 
+    if not args.no_fusion:
+        try:
+            results["fusion"] = fusion.measure(args.reps, args.quick)
+        except Exception as e:  # report, do not lose the rest of the run
+            results["fusion"] = {"error": f"{type(e).__name__}: {str(e)[:1000]}"}
+    results["load after"] = _load()
+
+    (out / "bench.json").write_text(json.dumps(results, indent=2))  # before the report
     write_report(results, out)
     plot(results, HERE.parent / "docs" / "bench.png")
     return results
 
 
+def _load() -> str:
+    try:
+        return "load average " + ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def write_report(results, out):
     lines = [
-        f"Machine: {results['machine']}",
+        f"Machine: {results['machine']}; {results['reps']} interleaved rounds"
+        + (" (--quick)" if results["quick"] else "")
+        + f"; {results['load before']} at the start, {results['load after']} at the end.",
         "",
-        "| tree | params | config | rmsprop_jax ms | optax ms | torch foreach=False ms | "
-        "torch foreach=True ms | floor ms | ours/optax | best torch/ours | ours/floor |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Median step time (ms); ratios are per round: median (lowest-highest round).",
+        "",
+        "| tree | params | config | rmsprop_jax | optax | torch foreach=False | "
+        "torch foreach=True | torch.compile | floor | ours/optax | ours/torch.compile | "
+        "best torch eager/ours | ours/floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
+        tc = f"{r[TORCH_COMPILE + ' ms']:.2f}" if TORCH_COMPILE + " ms" in r else "missing"
         lines.append(
             f"| {r['tree']} | {r['params']:,} | {r['config']} | {r['rmsprop_jax ms']:.2f} | "
             f"{r['optax ms']:.2f} | {r['torch foreach=False ms']:.2f} | "
-            f"{r['torch foreach=True ms']:.2f} | {r['floor ms']:.2f} | {r['vs optax']:.2f} | "
-            f"{r['torch / ours']:.2f} | {r['vs floor']:.2f} |"
+            f"{r['torch foreach=True ms']:.2f} | {tc} | {r['floor ms']:.2f} | "
+            f"{fmt(r['ours/optax'])} | {fmt(r['ours/torch.compile'])} | "
+            f"{fmt(r['best torch eager/ours'])} | {r['ours/floor']:.2f} |"
         )
-    c = results["compile"]
+    lines += ["", "torch.compile (foreach=False), first call (cold compile, inductor caches off):"]
+    for r in results["rows"]:
+        what = (
+            f"{r['torch.compile compile s']:.1f} s"
+            if "torch.compile compile s" in r
+            else f"missing: {r['torch.compile missing']}"
+        )
+        lines.append(f"- {r['tree']}, {r['config']}: {what}")
+    bws = results["bandwidth GB/s"]
+    lines += [""]
+    for name, label in (("xla", "XLA (sets the floor)"), ("torch", "PyTorch (for comparison)")):
+        bw = bws[name]
+        lines.append(
+            f"Bandwidth, triad x <- 0.999 x + y measured alone, {label}: median "
+            f"{bw['median']:.2f} GB/s, {bw['lowest']:.2f}-{bw['highest']:.2f} over "
+            f"{bw['samples']} samples (before the contestants {fmt(bw['before'])}, after "
+            f"{fmt(bw['after'])})."
+        )
+    lines += [
+        "The floors are the bytes each step must move over XLA's median bandwidth.",
+        "",
+        "Trace + lower + compile of the 2000-leaf step (s, medians of interleaved trials):",
+        "",
+        "| config | step | trace | lower | compile | total | ours/optax |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cfg_name, c in results["compile"].items():
+        for name in ("rmsprop_jax", "optax"):
+            t = c[name]
+            lines.append(
+                f"| {cfg_name} | {name} | {t['trace']:.2f} | {t['lower']:.2f} | "
+                f"{t['compile']:.2f} | {t['total']:.2f} | "
+                + (f"{c['ratio']:.2f} |" if name == "rmsprop_jax" else " |")
+            )
     lines += [
         "",
-        f"Trace+compile, 2000 leaves: rmsprop_jax {c['rmsprop_jax s']:.2f} s, optax "
-        f"{c['optax s']:.2f} s (ratio {c['ratio']:.2f}).",
+        "Flat parameters (one vector, examples/flat_params.py) against per leaf, rmsprop_jax:",
+        "",
+        "| tree | config | per leaf ms | flat ms | speed-up |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["flat_params"]:
+        lines.append(
+            f"| {r['tree']} | {r['config']} | {r['per leaf ms']:.3f} | {r['flat ms']:.3f} | "
+            f"{fmt(r['speed-up'], 1)} |"
+        )
+    lines += [
         "",
         "| state (ResNet-50, momentum) | bytes / param | step ms | time vs float32 |",
         "|---|---|---|---|",
@@ -314,8 +620,20 @@ def write_report(results, out):
     for r in results["light_state"]:
         lines.append(
             f"| {r['variant']} | {r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
-            f"{r['time vs float32']:.2f} |"
+            f"{fmt(r['time vs float32'])} |"
         )
+    pr = results["param_rounding"]
+    lines += [
+        "",
+        f"Stochastic parameter rounding ({pr['tree']}, bfloat16 parameters, "
+        f"{pr['rounds']} rounds):",
+        "",
+        "| step | ms |",
+        "|---|---|",
+        *[f"| {name} | {ms:.2f} |" for name, ms in pr["step ms"].items()],
+        "",
+        *[f"- {label}: {fmt(r)}x the step without" for label, r in pr["ratios"].items()],
+    ]
     e = results["slow_average_error"]
     a = results["factored_demo_accuracy"]
     lines += [
@@ -325,6 +643,9 @@ def write_report(results, out):
         + ".",
         f"Digits classifier test accuracy: full {a['full']:.4f}, factored {a['factored']:.4f}.",
     ]
+    if "fusion" in results:
+        f = results["fusion"]
+        lines += [""] + (fusion.report(f) if "error" not in f else [f"Fusion: {f['error']}"])
     (out / "bench.md").write_text("\n".join(lines) + "\n")
     (out / "bench.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
@@ -339,15 +660,17 @@ def plot(results, path):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     for ax, cfg in zip(axes, CONFIGS):
         rows = sorted((r for r in results["rows"] if r["config"] == cfg), key=lambda r: r["params"])
-        x = [r["params"] for r in rows]
         for key, label in [
             ("rmsprop_jax ms", "rmsprop_jax"),
             ("optax ms", "optax.rmsprop"),
             ("torch foreach=False ms", "torch foreach=False"),
             ("torch foreach=True ms", "torch foreach=True"),
+            ("torch.compile ms", "torch.compile"),
             ("floor ms", "bandwidth floor"),
         ]:
-            ax.plot(x, [r[key] for r in rows], "o-" if "floor" not in key else "k--", label=label)
+            pts = [(r["params"], r[key]) for r in rows if key in r]  # torch.compile may be missing
+            if pts:
+                ax.plot(*zip(*pts), "o-" if "floor" not in key else "k--", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("parameters")
