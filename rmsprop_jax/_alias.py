@@ -106,9 +106,10 @@ def rmsprop(
       Array([ 0.6837723, -1.6837723], dtype=float32)
 
     .. warning::
-      PyTorch puts ``eps`` outside the square root, starts nothing at one,
-      keeps the learning rate out of the momentum buffer and couples weight
-      decay; TensorFlow 1 starts the second moment at one. Use
+      Frameworks differ in the details. PyTorch puts ``eps`` outside the
+      square root, keeps the learning rate out of the momentum buffer and
+      couples weight decay (its second moment starts at zero, as here);
+      TensorFlow 1 and timm's ``RMSpropTF`` start the second moment at one. Use
       :mod:`rmsprop_jax.presets` to reproduce them exactly.
 
     References:
