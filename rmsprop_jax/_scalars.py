@@ -154,6 +154,10 @@ def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: 
     s_max = jnp.asarray(largest, real) * one_minus_m
     if lr_r is not None:
         s_max = s_max / jnp.maximum(jnp.abs(lr_r), 1)
+    # A saturation bound, not part of the mathematics: meta-gradients do not
+    # flow through it. (This also keeps the clamp's scalar bounds out of
+    # differentiation, where JAX's clamp rule fails for scalar bounds.)
+    s_max = jax.lax.stop_gradient(s_max)
     momentum_unbounded = cfg.momentum is not None and (
         not static_m or 1 - float(cfg.momentum) < float(finfo.eps)
     )

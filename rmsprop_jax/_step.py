@@ -182,12 +182,9 @@ def normalise(
         return s  # bounded by 1 / sqrt(1 - decay): see scalars()
     if jnp.iscomplexobj(s):
         return _storage.saturate_to(s, sc.s_max)
-    # Bounds broadcast to the leaf: the derivative of a clamp with scalar
-    # bounds fails in JAX (mismatched select shapes), and meta-gradients
-    # through `update` must work.
-    return jax.lax.clamp(
-        jax.lax.broadcast(sc.s_min, s.shape), s, jax.lax.broadcast(sc.s_max, s.shape)
-    )
+    # Scalar bounds: one op per leaf. They are outside differentiation
+    # (stop_gradient in _scalars), so meta-gradients pass through the clamp.
+    return jax.lax.clamp(sc.s_min, s, sc.s_max)
 
 
 def momentum_step(
