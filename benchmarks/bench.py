@@ -55,6 +55,7 @@ sys.path.insert(0, str(HERE))
 import fusion  # noqa: E402
 import param_rounding  # noqa: E402
 import trees  # noqa: E402
+from timing import calibrate, interleaved_rounds, spread, stepper  # noqa: E402
 
 CONFIGS = {
     "plain": dict(jax=dict(learning_rate=1e-3), torch=dict(lr=1e-3, alpha=0.9), arrays=5),
@@ -72,25 +73,6 @@ def make_params(shapes, seed=0):
         name: jax.random.normal(jax.random.fold_in(key, i), shape, jnp.float32)
         for i, (name, shape) in enumerate(shapes.items())
     }
-
-
-def jax_stepper(opt, params, grads):
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    box = {"params": jax.tree.map(jnp.copy, params), "state": opt.init(params)}
-
-    def run(n):
-        p, s = box["params"], box["state"]
-        for _ in range(n):
-            p, s = step(p, s, grads)
-        jax.block_until_ready((p, s))
-        box["params"], box["state"] = p, s
-
-    run(2)  # compile and warm up
-    return run
 
 
 def torch_stepper(kw, shapes, foreach):
@@ -175,36 +157,8 @@ def bandwidth_phase(runners, reps, target_s=0.3):
     return out
 
 
-def calibrate(run, target_s=0.05):
-    t0 = time.perf_counter()
-    run(1)
-    once = time.perf_counter() - t0
-    return max(1, int(target_s / max(once, 1e-6)))
-
-
-def interleaved_rounds(runners: dict, reps: int, target_s: float = 0.05) -> list[dict]:
-    """Seconds per step of each runner in ``reps`` rounds; each round times
-    every runner once, in a rotating order."""
-    inner = {name: calibrate(run, target_s) for name, run in runners.items()}
-    names = list(runners)
-    rounds = []
-    for r in range(reps):
-        times = {}
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            runners[name](inner[name])
-            times[name] = (time.perf_counter() - t0) / inner[name]
-        rounds.append(times)
-    return rounds
-
-
 def medians(rounds: list[dict]) -> dict:
     return {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
-
-
-def spread(xs) -> dict:
-    xs = list(xs)
-    return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
 
 
 def ratio(rounds: list[dict], num, den) -> dict:
@@ -282,8 +236,8 @@ def step_times(tree_list, reps, results, compile_max_leaves):
         grads = jax.tree.map(lambda p: 0.1 * p, params)
         for cfg_name, cfg in CONFIGS.items():
             runners = {
-                "rmsprop_jax": jax_stepper(rmsprop_jax.rmsprop(**cfg["jax"]), params, grads),
-                "optax": jax_stepper(optax.rmsprop(**cfg["jax"]), params, grads),
+                "rmsprop_jax": stepper(rmsprop_jax.rmsprop(**cfg["jax"]), params, grads),
+                "optax": stepper(optax.rmsprop(**cfg["jax"]), params, grads),
                 "torch foreach=False": torch_stepper(cfg["torch"], shapes, foreach=False),
                 "torch foreach=True": torch_stepper(cfg["torch"], shapes, foreach=True),
             }
@@ -345,8 +299,8 @@ def flat_params(reps, results):
         flat, flat_grads = ravel_pytree(params)[0], ravel_pytree(grads)[0]
         for cfg_name, cfg in CONFIGS.items():
             runners = {
-                "per leaf": jax_stepper(rmsprop_jax.rmsprop(**cfg["jax"]), params, grads),
-                "flat": jax_stepper(rmsprop_jax.rmsprop(**cfg["jax"]), flat, flat_grads),
+                "per leaf": stepper(rmsprop_jax.rmsprop(**cfg["jax"]), params, grads),
+                "flat": stepper(rmsprop_jax.rmsprop(**cfg["jax"]), flat, flat_grads),
             }
             rounds = interleaved_rounds(runners, reps)
             med = medians(rounds)
@@ -385,7 +339,7 @@ def light_state(reps, results):
     runners, light = {}, []
     for name, kw in variants.items():
         opt = rmsprop_jax.rmsprop(1e-3, momentum=0.9, **kw)
-        runners[name] = jax_stepper(opt, params, grads)
+        runners[name] = stepper(opt, params, grads)
         light.append({"variant": name, "state bytes / param": state_bytes(opt.init(params)) / n})
     rounds = interleaved_rounds(runners, reps)
     med = medians(rounds)

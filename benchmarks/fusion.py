@@ -45,7 +45,6 @@ import pathlib
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any, NamedTuple
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -207,6 +206,7 @@ def _worker(tree_names: list[str], reps: int, target_s: float) -> dict:
     import rmsprop_jax
 
     sys.path.insert(0, str(HERE))
+    import timing
     import trees
 
     makers = {
@@ -231,39 +231,11 @@ def _worker(tree_names: list[str], reps: int, target_s: float) -> dict:
             runners, counts = {}, {}
             for name in CONTESTANTS:
                 opt = makers[name](kw)
-
-                def step(p, s, g, opt=opt):
-                    u, s = opt.update(g, s, p)
-                    return optax.apply_updates(p, u), s
-
-                state = opt.init(params)
-                step = jax.jit(step, donate_argnums=(0, 1))
-                counts[name] = hlo_counts(step.lower(params, state, grads).compile().as_text())
-                box = {"p": jax.tree.map(jnp.copy, params), "s": state}
-
-                def run(n, step=step, box=box, grads=grads):
-                    p, s = box["p"], box["s"]
-                    for _ in range(n):
-                        p, s = step(p, s, grads)
-                    jax.block_until_ready((p, s))
-                    box["p"], box["s"] = p, s
-
-                run(2)
-                runners[name] = run
-            inner = {}
-            for name, run in runners.items():
-                t0 = time.perf_counter()
-                run(1)
-                inner[name] = max(1, round(target_s / (time.perf_counter() - t0)))
-            rounds = []
-            names = list(runners)
-            for r in range(reps):
-                times = {}
-                for name in names[r % len(names) :] + names[: r % len(names)]:
-                    t0 = time.perf_counter()
-                    runners[name](inner[name])
-                    times[name] = (time.perf_counter() - t0) / inner[name]
-                rounds.append(times)
+                step = timing.donated_step(opt)
+                compiled = step.lower(params, opt.init(params), grads).compile()
+                counts[name] = hlo_counts(compiled.as_text())
+                runners[name] = timing.stepper(opt, params, grads, step)
+            rounds = timing.interleaved_rounds(runners, reps, target_s)
             result["cells"].append(
                 {"tree": tree_name, "config": cfg_name, "counts": counts, "rounds": rounds}
             )

@@ -28,7 +28,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +38,7 @@ import rmsprop_jax
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import timing  # noqa: E402
 import trees  # noqa: E402
 
 F32, BF16 = jnp.float32, jnp.bfloat16
@@ -75,22 +75,7 @@ def stepper(dtype, opt, base):
     params = jax.tree.map(lambda x: jnp.asarray(x, dtype), base)
     grads = jax.tree.map(lambda x: jnp.asarray(1e-3 * x, dtype), base)
 
-    def step(params, state, grads):
-        updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    step = jax.jit(step, donate_argnums=(0, 1))
-    box = {"params": params, "state": opt.init(params)}
-
-    def run(n):
-        p, s = box["params"], box["state"]
-        for _ in range(n):
-            p, s = step(p, s, grads)
-        jax.block_until_ready((p, s))
-        box["params"], box["state"] = p, s
-
-    run(2)  # compile and warm up
-    return run
+    return timing.stepper(opt, params, grads)
 
 
 def measure(reps: int = 7, quick: bool = False) -> dict:
@@ -103,20 +88,8 @@ def measure(reps: int = 7, quick: bool = False) -> dict:
     rng = np.random.default_rng(0)
     base = {name: rng.standard_normal(shape, np.float32) for name, shape in shapes.items()}
     runners = {name: stepper(dtype, make(), base) for name, (dtype, make) in STEPS.items()}
-    inner = {}
-    for name, run in runners.items():
-        t0 = time.perf_counter()
-        run(1)
-        inner[name] = max(1, round(target_s / (time.perf_counter() - t0)))
+    rounds = timing.interleaved_rounds(runners, reps, target_s)
     names = list(runners)
-    rounds: list[dict[str, float]] = []
-    for r in range(reps):
-        times = {}
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
-            runners[name](inner[name])
-            times[name] = (time.perf_counter() - t0) / inner[name]
-        rounds.append(times)
 
     out: dict = {
         "tree": f"ResNet-50, {trees.count(shapes):,} parameters, {len(shapes)} leaves",

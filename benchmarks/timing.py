@@ -1,0 +1,75 @@
+"""Timing helpers shared by the benchmarks: a donated optimizer step to call
+repeatedly, and interleaved rounds of several of them.
+
+jax is imported inside the functions, so that fusion.py's parent process can
+import this module before its children set XLA_FLAGS.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def donated_step(opt: Any) -> Callable:
+    """``update`` then ``optax.apply_updates``, jitted, parameters and state donated."""
+    import jax
+    import optax
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def stepper(opt: Any, params: Any, grads: Any, step: Callable | None = None) -> Callable:
+    """``run(n)``: ``n`` steps of ``opt`` from (a copy of) ``params``, carrying the
+    parameters and state from call to call; compiled and warmed up."""
+    import jax
+    import jax.numpy as jnp
+
+    step = donated_step(opt) if step is None else step
+    box = {"params": jax.tree.map(jnp.copy, params), "state": opt.init(params)}
+
+    def run(n: int) -> None:
+        p, s = box["params"], box["state"]
+        for _ in range(n):
+            p, s = step(p, s, grads)
+        jax.block_until_ready((p, s))
+        box["params"], box["state"] = p, s
+
+    run(2)
+    return run
+
+
+def calibrate(run: Callable, target_s: float = 0.05) -> int:
+    """How many steps take about ``target_s`` seconds."""
+    t0 = time.perf_counter()
+    run(1)
+    return max(1, int(target_s / max(time.perf_counter() - t0, 1e-6)))
+
+
+def interleaved_rounds(runners: dict, reps: int, target_s: float = 0.05) -> list[dict]:
+    """Seconds per step of each runner in ``reps`` rounds; each round times
+    every runner once, in a rotating order, so that a slow moment of a shared
+    machine falls on every runner of that round."""
+    inner = {name: calibrate(run, target_s) for name, run in runners.items()}
+    names = list(runners)
+    rounds = []
+    for r in range(reps):
+        times = {}
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            runners[name](inner[name])
+            times[name] = (time.perf_counter() - t0) / inner[name]
+        rounds.append(times)
+    return rounds
+
+
+def spread(xs) -> dict:
+    """Median, lowest and highest."""
+    xs = list(xs)
+    return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
