@@ -48,6 +48,9 @@ import sys
 from typing import Any, NamedTuple
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import timing  # noqa: E402  (imports jax lazily: children set XLA_FLAGS first)
+
 FLAG = "--xla_backend_extra_options=xla_cpu_use_multi_output_fusion"
 CONFIGS = {
     "plain": dict(learning_rate=1e-3),
@@ -206,7 +209,6 @@ def _worker(tree_names: list[str], reps: int, target_s: float) -> dict:
     import rmsprop_jax
 
     sys.path.insert(0, str(HERE))
-    import timing
     import trees
 
     makers = {
@@ -290,14 +292,12 @@ def measure(reps: int = 7, quick: bool = False, procs: int = 2) -> dict:
             row[label] = {
                 "counts": runs[flag][0]["cells"][i]["counts"],
                 "step ms": {n: 1e3 * statistics.median(r[n] for r in rounds) for n in CONTESTANTS},
-                "vs optax": {n: _spread([r[n] / r["optax"] for r in rounds]) for n in CONTESTANTS},
+                "vs optax": {
+                    n: timing.spread(r[n] / r["optax"] for r in rounds) for n in CONTESTANTS
+                },
             }
         out["cells"].append(row)
     return out
-
-
-def _spread(xs: list[float]) -> dict:
-    return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
 
 
 def report(result: dict) -> list[str]:

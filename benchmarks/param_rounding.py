@@ -99,12 +99,7 @@ def measure(reps: int = 7, quick: bool = False) -> dict:
         "ratios": {},
     }
     for label, (num, den) in RATIOS.items():
-        ratios = [r[num] / r[den] for r in rounds]
-        out["ratios"][label] = {
-            "median": statistics.median(ratios),
-            "lowest": min(ratios),
-            "highest": max(ratios),
-        }
+        out["ratios"][label] = timing.spread(r[num] / r[den] for r in rounds)
     return out
 
 
