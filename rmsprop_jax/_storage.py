@@ -94,7 +94,7 @@ def saturate_to(x: Array, largest: Array) -> Array:
     if jnp.iscomplexobj(x):
         largest = jnp.real(largest) if jnp.iscomplexobj(largest) else largest
         return jax.lax.complex(saturate_to(jnp.real(x), largest), saturate_to(jnp.imag(x), largest))
-    # lax.clamp takes scalar bounds: one op per leaf, no broadcasts.
+    # One clamp (JAX broadcasts its scalar bounds when it lowers it).
     largest = jnp.asarray(largest).astype(x.dtype)
     return jax.lax.clamp(-largest, x, largest)
 
