@@ -182,7 +182,7 @@ def normalise(
         return s  # bounded by 1 / sqrt(1 - decay): see scalars()
     if jnp.iscomplexobj(s):
         return _storage.saturate_to(s, sc.s_max)
-    # Scalar bounds: one op per leaf. They are outside differentiation
+    # Scalar bounds (JAX broadcasts them when lowering). They are outside differentiation
     # (stop_gradient in _scalars), so meta-gradients pass through the clamp.
     return jax.lax.clamp(sc.s_min, s, sc.s_max)
 
