@@ -98,6 +98,7 @@ def _check_fields(cfg: Config, state: Any) -> None:
 
 def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
     """Returns the transformation that ``cfg`` describes."""
+    opts = _step.options(cfg)
 
     def init_fn(params: optax.Params) -> RMSpropState:
         leaves, treedef = _trees.flatten(params)
@@ -175,14 +176,14 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
                 continue
             results.append(
                 _step.leaf_step(
-                    cfg,
+                    opts,
                     g,
                     p_leaves[i],
                     nu,
                     mu,
                     tr,
                     axes[i],
-                    scalars_of,
+                    scalars_of(*_step.dtypes(opts, g, nu, mu, tr)),
                     _weight_decay.leaf_value(wd_t, mask[i]),
                     keys[i],
                 )

@@ -63,11 +63,12 @@ def merge_complex(x: Array, dtype: jnp.dtype) -> Array:
     return jax.lax.complex(x[..., 0], x[..., 1]).astype(dtype)
 
 
-def compute_dtypes(g: Array, stored: list[Any]) -> tuple[jnp.dtype, jnp.dtype]:
+def compute_dtypes(g_dtype: Any, stored: list[Any]) -> tuple[jnp.dtype, jnp.dtype]:
     """(real, work): the real dtype the step is computed in, and the gradient's
     working dtype (its complex counterpart for complex gradients)."""
+    g_dtype = jnp.dtype(g_dtype)
     real = widest(
-        state_dtype(jnp.result_type(g)),
+        state_dtype(g_dtype),
         *(real_dtype(s.dtype) for s in stored if s is not None),
     )
-    return real, complex_of(real) if jnp.iscomplexobj(g) else real
+    return real, complex_of(real) if jnp.issubdtype(g_dtype, jnp.complexfloating) else real

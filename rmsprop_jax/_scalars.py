@@ -36,7 +36,8 @@ class Scalars(NamedTuple):
     correction: Array | None
     s_max: Array  # the bound on |s| where it has no natural one
     s_min: Array  # -s_max
-    natural: bool  # a full, non-centered second moment bounds |s| by itself
+    natural: bool  # a full second moment bounds |s| (see scalars()), statically
+    natural_any_storage: bool  # ... even when nu is stored in float16
     momentum_unbounded: bool  # the buffer's bound cannot be proven statically
     guard_zero_d: bool  # False when eps alone keeps the denominator positive
     # The same scalars in the gradient's working dtype (complex for complex
@@ -117,12 +118,19 @@ def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: 
       ``|s| <= 1 / sqrt(1 - decay)`` (doubled here for rounding and narrow
       storage). Then only the learning rate needs bounding, once per step:
       statically where it is a number, by a scalar clip where it is traced.
-    - Centered and factored second moments have no such bound (the variance
-      of constant gradients is 0, so ``s = g / sqrt(eps)``): there ``s`` is
-      clamped to ``max * (1 - m) / max(|lr|, 1)``. Clamping ``s`` once is
-      cheap; clamping the stored buffer instead made XLA copy and re-read the
-      state (a 5x slower step). A momentum that rounds to 1 in this dtype keeps
-      the bound at ``max * eps``, not 0.
+    - A centered variance can be 0 (constant gradients), so ``s = g / sqrt(eps)``,
+      which eps bounds: where the full second moment is finite so is ``g^2``
+      (it holds ``(1 - decay) g^2``), so ``|g| <= sqrt(max)`` and
+      ``|s| <= sqrt(max) / sqrt(eps)`` (``/ eps`` with eps outside the root;
+      doubled for rounding). This holds however ``nu`` is stored. When the decay
+      and eps are numbers and the learning rate and momentum are too, the whole
+      step is then bounded statically.
+    - Otherwise (a factored second moment, a run-time learning rate with
+      centering, or a bound too large for the learning rate) ``s`` is clamped to
+      ``max * (1 - m) / max(|lr|, 1)``. Clamping ``s`` once is cheap; clamping
+      the stored buffer instead made XLA copy and re-read the state (a 5x
+      slower step). A momentum that rounds to 1 in this dtype keeps the bound
+      at ``max * eps``, not 0.
     """
     decay_zero = _is_python_number(cfg.decay) and float(cfg.decay) == 0
     decay = None if decay_zero else jnp.asarray(cfg.decay, real)
@@ -141,15 +149,21 @@ def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: 
         else jnp.maximum(_one_minus(cfg.momentum, real), finfo.eps)
     )
 
-    natural = not cfg.centered and _is_python_number(cfg.decay)
-    bound = 2.0 / float(np.sqrt(1 - float(cfg.decay))) if natural else None
+    bound = _natural_bound(cfg, real)
+    natural = bound is not None
     lr_r = None
     if not cfg.scale_only:
         lr_r = _rate("learning_rate", lr, real)
-        if natural and bound is not None:
+        if bound is not None:
             if isinstance(lr, jax.core.Tracer) or one_minus_m_static is None:
-                lr_r = jnp.clip(lr_r, -largest * one_minus_m / bound, largest * one_minus_m / bound)
-            elif abs(float(np.asarray(lr).real)) * bound / one_minus_m_static > largest:
+                if cfg.centered:
+                    # Clipping the rate at max * (1 - m) / bound could change a
+                    # finite step here (the bound is loose): clamp s instead.
+                    natural = False
+                else:
+                    limit = largest * one_minus_m / bound
+                    lr_r = jnp.clip(lr_r, -limit, limit)
+            elif max(abs(float(np.asarray(lr).real)), 1.0) * bound > largest * one_minus_m_static:
                 natural = False  # a learning rate this large: clamp s instead
     s_max = jnp.asarray(largest, real) * one_minus_m
     if lr_r is not None:
@@ -182,9 +196,27 @@ def scalars(cfg: Config, real: jnp.dtype, work: jnp.dtype, lr: Any, wd: Any, t: 
         s_max=s_max,
         s_min=-s_max,
         natural=natural,
+        natural_any_storage=natural and cfg.centered,
         momentum_unbounded=momentum_unbounded,
         guard_zero_d=not _eps_keeps_d_positive(cfg.eps, real),
     )
+
+
+def _natural_bound(cfg: Config, real: jnp.dtype) -> float | None:
+    """A static bound on ``|s|`` for a full second moment (see :func:`scalars`),
+    or None where there is none: a decay known only at run time (a decay of 1
+    keeps ``g^2`` out of ``nu``), or, centered, an eps that is not a number
+    keeping the denominator positive."""
+    if not _is_python_number(cfg.decay):
+        return None
+    if not cfg.centered:
+        return 2.0 / float(np.sqrt(1 - float(cfg.decay)))
+    if isinstance(cfg.eps, jax.core.Tracer) or not _eps_keeps_d_positive(cfg.eps, real):
+        return None
+    eps = float(np.asarray(cfg.eps, np.float64))
+    root_max = float(np.sqrt(float(jnp.finfo(real).max)))
+    bound = 2.0 * root_max / (float(np.sqrt(eps)) if cfg.eps_in_sqrt else eps)
+    return bound if bound <= float(jnp.finfo(real).max) else None
 
 
 def _bias_correction(cfg: Config, real: jnp.dtype, t: Array) -> Array | None:

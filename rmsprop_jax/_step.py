@@ -20,7 +20,7 @@ The scalars a step needs are made once per step and dtype, in :mod:`rmsprop_jax.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,36 @@ from rmsprop_jax._config import Config
 from rmsprop_jax._scalars import Scalars, to_dtype
 
 Array = jax.Array
+
+
+class Options(NamedTuple):
+    """The choices of a configuration that shape one leaf's step: hashable, so
+    that the jitted leaf step (``_core``) takes them as a static argument. The
+    numbers (decay, eps, rates) are not here: they come in as :class:`Scalars`."""
+
+    maximize: bool
+    weight_decay_mode: str
+    centered: bool
+    eps_in_sqrt: bool
+    momentum: bool  # a momentum buffer
+    lr_in_momentum: bool
+    nesterov: bool
+    scale_only: bool
+    split_complex: bool
+
+
+def options(cfg: Config) -> Options:
+    return Options(
+        maximize=cfg.maximize,
+        weight_decay_mode=cfg.weight_decay_mode,
+        centered=cfg.centered,
+        eps_in_sqrt=cfg.eps_in_sqrt,
+        momentum=cfg.momentum is not None,
+        lr_in_momentum=cfg.lr_in_momentum,
+        nesterov=cfg.nesterov,
+        scale_only=cfg.scale_only,
+        split_complex=cfg.split_complex,
+    )
 
 
 @jax.custom_jvp
@@ -62,11 +92,11 @@ def _abs_sq(x: Array) -> Array:
 # The stages.
 
 
-def effective_gradient(cfg: Config, g: Array, p: Array | None, wd: Any, real: jnp.dtype) -> Array:
+def effective_gradient(opts: Options, g: Array, p: Array | None, wd: Any, real: jnp.dtype) -> Array:
     r""":math:`g \leftarrow -g` if maximize; :math:`g \leftarrow g + \lambda p` if coupled."""
-    if cfg.maximize:
+    if opts.maximize:
         g = jax.lax.neg(g)
-    if wd is not None and cfg.weight_decay_mode == "coupled":
+    if wd is not None and opts.weight_decay_mode == "coupled":
         assert p is not None
         g = _weight_decay.coupled(g, p, wd, real)
     return g
@@ -83,7 +113,7 @@ def _decayed(decay: Array | None, traced: bool, x: Array) -> Array | None:
 
 
 def moments(
-    cfg: Config,
+    opts: Options,
     g: Array,
     nu: Any,
     mu: Array | None,
@@ -108,7 +138,7 @@ def moments(
         if decayed is not None:
             new_nu = jax.lax.add(new_nu, decayed)
     new_mu = None
-    if cfg.centered:
+    if opts.centered:
         assert mu is not None
         new_mu = jax.lax.mul(sc.one_minus_decay_w, g)
         decayed = _decayed(sc.decay_w, sc.decay_traced, to_dtype(mu, g.dtype))
@@ -139,7 +169,7 @@ def debias(
 
 
 def normalise(
-    cfg: Config,
+    opts: Options,
     g: Array,
     nu_hat: Array,
     mu_hat: Array | None,
@@ -156,30 +186,32 @@ def normalise(
     :math:`|s|` is bounded so that later products stay finite."""
     work = g.dtype
     v = nu_hat
-    if cfg.centered:
+    if opts.centered:
         assert mu_hat is not None
-        # The variance can round below zero: clamped at 0, so the root stays
-        # real. mu^2 is bounded by the largest finite value, so that where a
-        # square overflowed (nu = inf) v stays inf and the step is 0, as
-        # documented, rather than inf - inf = NaN.
-        largest = jnp.finfo(nu_hat.dtype).max
-        mu2 = jax.lax.min(_abs_sq(mu_hat), nu_hat.dtype.type(largest))
-        v = jax.lax.max(jax.lax.sub(nu_hat, mu2), nu_hat.dtype.type(0))
+        # v = nu - min(mu^2, nu) is max(nu - mu^2, 0) to the last bit, in one
+        # op: a rounded difference of b <= a is never below 0, so a variance
+        # that would round below zero is 0 and the root stays real. mu^2 is
+        # first bounded by the largest finite value, so that where a square
+        # overflowed (nu = inf) v stays inf and the step is 0, as documented,
+        # rather than inf - inf = NaN.
+        largest = nu_hat.dtype.type(jnp.finfo(nu_hat.dtype).max)
+        mu2 = jax.lax.min(_abs_sq(mu_hat), largest)
+        v = jax.lax.sub(nu_hat, jax.lax.min(mu2, nu_hat))
     eps = sc.eps
     if sc.guard_zero_d:
         # d == 0 only with eps == 0 and a zero history: s = 0 there, not 0/0.
         # The inner `where` keeps the discarded branch finite for gradients.
-        d = _sqrt(v + eps) if cfg.eps_in_sqrt else _sqrt(v) + eps
+        d = _sqrt(v + eps) if opts.eps_in_sqrt else _sqrt(v) + eps
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
-    elif cfg.eps_in_sqrt:
+    elif opts.eps_in_sqrt:
         s = jax.lax.mul(g, to_dtype(jax.lax.rsqrt(jax.lax.add(v, eps)), work))  # as optax does
     else:
         s = jax.lax.div(g, to_dtype(jax.lax.add(_sqrt(v), eps), work))
     if finite is not None:
         s = jnp.where(finite, s, 0)
     if not clamp:
-        return s  # bounded by 1 / sqrt(1 - decay): see scalars()
+        return s  # bounded statically: see scalars()
     if jnp.iscomplexobj(s):
         return _storage.saturate_to(s, sc.s_max)
     # Scalar bounds (JAX broadcasts them when lowering). They are outside differentiation
@@ -188,7 +220,7 @@ def normalise(
 
 
 def momentum_step(
-    cfg: Config, s: Array, trace: Array | None, sc: Scalars, keep: Callable[[Array], Any]
+    opts: Options, s: Array, trace: Array | None, sc: Scalars, keep: Callable[[Array], Any]
 ) -> tuple[Array, Array | None]:
     r"""(update, stored buffer). The update is minus the step.
 
@@ -204,17 +236,17 @@ def momentum_step(
     lax = jax.lax
     assert sc.lr_w is not None and sc.neg_lr_w is not None
     lr, neg_lr = sc.lr_w, sc.neg_lr_w
-    if cfg.momentum is None:
+    if not opts.momentum:
         return lax.mul(neg_lr, s), None
     assert sc.momentum_w is not None and trace is not None
     m = sc.momentum_w
     neg_b = to_dtype(trace, s.dtype)  # -b
-    if cfg.lr_in_momentum:
+    if opts.lr_in_momentum:
         stored, neg_b = keep(lax.add(lax.mul(m, neg_b), lax.mul(neg_lr, s)))
-        update = lax.add(lax.mul(neg_lr, s), lax.mul(m, neg_b)) if cfg.nesterov else neg_b
+        update = lax.add(lax.mul(neg_lr, s), lax.mul(m, neg_b)) if opts.nesterov else neg_b
     else:
         stored, neg_b = keep(lax.sub(lax.mul(m, neg_b), s))
-        update = lax.mul(lr, lax.sub(lax.mul(m, neg_b), s) if cfg.nesterov else neg_b)
+        update = lax.mul(lr, lax.sub(lax.mul(m, neg_b), s) if opts.nesterov else neg_b)
     return update, stored
 
 
@@ -255,54 +287,64 @@ def _keep_nu(new_nu: Any, nu: Any, key: Array | None) -> tuple[Any, Any]:
     return treedef.unflatten([x for x, _ in pairs]), treedef.unflatten([y for _, y in pairs])
 
 
+def dtypes(
+    opts: Options, g: Array, nu: Any, mu: Array | None, trace: Array | None
+) -> tuple[jnp.dtype, jnp.dtype]:
+    """(real, work): the dtypes a leaf's step is computed in (see ``_dtypes``)."""
+    g_dtype = jnp.result_type(g)
+    if opts.split_complex and jnp.issubdtype(g_dtype, jnp.complexfloating):
+        g_dtype = _dtypes.real_dtype(g_dtype)  # split into real parts
+    return _dtypes.compute_dtypes(g_dtype, [*jax.tree.leaves(nu), mu, trace])
+
+
 def leaf_step(
-    cfg: Config,
+    opts: Options,
     g: Array,
     p: Array | None,
     nu: Any,
     mu: Array | None,
     trace: Array | None,
     axes: tuple[int, int] | None,
-    scalars_of: Callable[[jnp.dtype, jnp.dtype], Scalars],
+    sc: Scalars,
     wd: Any,
     key: Array | None,
 ) -> tuple[Array, Any, Array | None, Array | None]:
     """One step for one leaf: (update, nu, mu, trace).
 
     ``axes`` are the factored axes of ``nu`` (None for a full second moment);
-    ``wd`` is this leaf's weight decay (None for none); ``key`` is None unless
-    the state is rounded stochastically."""
+    ``sc`` the step's scalars in this leaf's dtypes (:func:`dtypes`); ``wd``
+    is this leaf's weight decay (None for none); ``key`` is None unless the
+    state is rounded stochastically."""
     out_dtype = jnp.result_type(g)
-    split = cfg.split_complex and jnp.iscomplexobj(g)
+    split = opts.split_complex and jnp.iscomplexobj(g)
     if split:
         g = _dtypes.split_complex(g)
         p = None if p is None else _dtypes.split_complex(jnp.asarray(p))
-    real, work = _dtypes.compute_dtypes(g, [*jax.tree.leaves(nu), mu, trace])
-    sc = scalars_of(real, work)
+    real, work = dtypes(opts, g, nu, mu, trace)
 
     keys: list[Array | None] = [None, None, None]
     if key is not None:
         keys = [_storage.mix(key, i) for i in range(3)]
 
-    g = effective_gradient(cfg, to_dtype(g, work), p, wd, real)
-    new_nu, new_mu, finite = moments(cfg, g, nu, mu, sc, axes, real)
+    g = effective_gradient(opts, to_dtype(g, work), p, wd, real)
+    new_nu, new_mu, finite = moments(opts, g, nu, mu, sc, axes, real)
     stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
     stored_mu = None
     if new_mu is not None and mu is not None:
         stored_mu, new_mu = _keeper(mu.dtype, keys[1], saturated=True)(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, sc, axes)
     # |s| needs a clamp unless a full second moment bounds it (scalars()); one
-    # stored in float16 can underflow to 0, so it does not.
-    full = axes is None and jnp.dtype(nu.dtype) != jnp.float16
-    s = normalise(cfg, g, nu_hat, mu_hat, finite, sc, clamp=not (sc.natural and full))
+    # stored in float16 can underflow to 0, which only the centered bound allows.
+    full = axes is None and (sc.natural_any_storage or jnp.dtype(nu.dtype) != jnp.float16)
+    s = normalise(opts, g, nu_hat, mu_hat, finite, sc, clamp=not (sc.natural and full))
 
     stored_trace = None
-    if cfg.scale_only:
+    if opts.scale_only:
         update = s
     else:
         keep = _keeper(trace.dtype, keys[2], saturated=True) if trace is not None else None
-        update, stored_trace = momentum_step(cfg, s, trace, sc, keep)  # type: ignore[arg-type]
-    decoupled = wd is not None and cfg.weight_decay_mode == "decoupled" and not cfg.scale_only
+        update, stored_trace = momentum_step(opts, s, trace, sc, keep)  # type: ignore[arg-type]
+    decoupled = wd is not None and opts.weight_decay_mode == "decoupled" and not opts.scale_only
     if decoupled:
         assert p is not None and sc.lr is not None
         update = _weight_decay.decoupled(update, jnp.asarray(p), sc.lr, wd, real)

@@ -111,6 +111,8 @@ def store(x: Array, dtype: jnp.dtype, key: Array | None, saturated: bool = False
     With ``saturated``, a value beyond a *narrower* storage dtype's range is
     stored as its largest finite value (only then: at full precision nothing
     is added to the step)."""
+    if x.dtype == dtype:
+        return x
     narrower = jnp.finfo(dtype).bits < jnp.finfo(x.dtype).bits
     if saturated and narrower:
         x = saturate(x, dtype)

@@ -64,3 +64,32 @@ def test_donated_step_copies_nothing(name, param_dtype):
         # are f32[256,1] and f32[1,128]. Nothing of a full leaf's size.
         copies = [c for c in copies if c not in ("f32[256,1]{1,0}", "f32[1,128]{1,0}")]
     assert not copies, f"{len(copies)} copies in the donated step: {copies}"
+
+
+def _compiled_update(opt, params) -> str:
+    grads = jax.tree.map(lambda p: 0.1 * p, params)
+    return jax.jit(opt.update).lower(grads, opt.init(params), params).compile().as_text()
+
+
+@pytest.mark.parametrize(
+    "kw, clamped",
+    [
+        (dict(centered=True, momentum=0.9), False),
+        (dict(centered=True, momentum=0.9, eps_in_sqrt=False), False),
+        (dict(centered=True, eps=1e-30, eps_in_sqrt=False), True),  # bound beyond float32
+        (dict(centered=True, eps=0.0), True),  # no eps to bound the step
+        (dict(centered=True, momentum=0.9, learning_rate=1e30), True),  # bound * lr too large
+        (dict(centered=True, learning_rate=optax.linear_schedule(0.1, 0.0, 100)), True),
+        (dict(), False),
+        (dict(learning_rate=optax.linear_schedule(0.1, 0.0, 100)), False),
+    ],
+)
+def test_the_normalised_gradient_is_clamped_only_without_a_static_bound(kw, clamped):
+    """Where eps, the decay and the learning rate are numbers, the centered
+    step's |s| is bounded by sqrt(max) / sqrt(eps) and the learning rate is
+    checked against it once: the program has no per-leaf clamp (a sixth of the
+    centered step's instructions). Elsewhere s is clamped (test_numerics checks
+    that both stay finite at the extremes)."""
+    kw = {"learning_rate": 0.1, **kw}
+    hlo = _compiled_update(rmsprop_jax.rmsprop(**kw), {"w": jnp.ones((16, 8))})
+    assert (" clamp(" in hlo) == clamped, hlo

@@ -51,6 +51,35 @@ def test_centered_variance_rounding_below_zero_is_clamped():
     assert min(x.min() for x in nu_minus_mu2) <= 0  # the hazard really occurred
 
 
+@pytest.mark.parametrize(
+    "eps, eps_in_sqrt",
+    [(1.2e-38, True), (1e-8, True), (1e-18, False), (1e-19, False), (1e-8, False)],
+)
+@pytest.mark.parametrize("momentum", [None, 0.9, 0.9999999])
+@pytest.mark.parametrize("lr", [1.0, 1e30, "injected"])
+def test_centered_steps_on_the_largest_gradients_stay_finite(eps, eps_in_sqrt, momentum, lr):
+    # |g| = 1.8e19: its square (3.2e38) is just finite in float32, and a constant
+    # gradient drives the variance to 0, so |s| reaches |g| / sqrt(eps), up to
+    # 1.6e38. With numbers for eps, decay and lr the step is bounded statically
+    # (or, for lr 1e30 and eps 1e-19, s is clamped); an injected lr is traced.
+    # (Not decay 0.5: XLA may factor 0.5 g^2 + 0.5 nu into 0.5 (g^2 + nu), whose
+    # sum overflows, freezing the coordinate before its square does.)
+    kw = dict(decay=0.6, eps=eps, eps_in_sqrt=eps_in_sqrt, centered=True, momentum=momentum)
+    if lr == "injected":
+        opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=1.0, **kw)
+    else:
+        opt = rmsprop_jax.rmsprop(lr, **kw)
+    g = jnp.array([1.8e19, -1.8e19, 1.0, 0.0], jnp.float32)
+    params = {"w": jnp.zeros(4)}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for _ in range(30):
+        updates, state = update({"w": g}, state, params)
+        assert _finite(updates) and _finite(state), (updates, state)
+    u = np.asarray(updates["w"])
+    assert u[0] < 0 < u[1] and u[2] < 0 and u[3] == 0, u
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_low_precision_params_zero_and_small_gradients(dtype):
     # eps = 1e-8 underflows in float16; the denominator is computed in float32.
