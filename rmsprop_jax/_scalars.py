@@ -50,6 +50,23 @@ class Scalars(NamedTuple):
     momentum_w: Array | None
 
 
+# The fields of Scalars that are static decisions (Python bools), not arrays.
+_STATIC = ("decay_traced", "natural", "natural_any_storage", "momentum_unbounded", "guard_zero_d")
+
+
+def split(sc: Scalars) -> tuple[dict[str, Any], tuple[bool, ...]]:
+    """(arrays, decisions): what a jitted leaf step takes as arguments, and as
+    static arguments."""
+    d = sc._asdict()
+    return {k: v for k, v in d.items() if k not in _STATIC}, tuple(d[k] for k in _STATIC)
+
+
+def join(arrays: dict[str, Any], decisions: tuple[bool, ...]) -> Scalars:
+    """The inverse of :func:`split`."""
+    fields: dict[str, Any] = {**arrays, **dict(zip(_STATIC, decisions, strict=True))}
+    return Scalars(**fields)
+
+
 def _is_python_number(x: Any) -> bool:
     return isinstance(x, (int, float, np.number)) and not isinstance(x, bool)
 
