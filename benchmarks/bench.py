@@ -19,7 +19,7 @@ phase before and after the contestants' rounds: median and spread of GB/s,
 the floors from the median.
 
 Then: trace, lowering and compile time of the 2000-leaf step for both
-configurations (ours and optax's, interleaved trials); the 2000-leaf and
+configurations (ours and optax's, interleaved cold trials); the 2000-leaf and
 ResNet-50 steps on flat parameters (one vector) against per leaf; state bytes
 and step time of bfloat16 / stochastically rounded / factored state; the cost
 of stochastic parameter rounding (param_rounding.py); the error of a slow
@@ -176,10 +176,16 @@ def fmt(r: dict | None, digits: int = 2) -> str:
 
 
 def compile_times(make_opts: dict, params, trials=3) -> dict:
-    """Trace, lower and compile seconds of a fresh step per optimizer (so that
-    no cache is hit), the optimizers interleaved over ``trials``; medians."""
+    """Trace, lower and compile seconds of a fresh step per optimizer, the
+    optimizers interleaved over ``trials`` (the order rotating). JAX's caches
+    are cleared before each, so every trace is cold: rmsprop_jax traces each
+    distinct leaf once (a nested jit), and a warm cache would hide that cost.
+    Medians, the per-trial ratios to the last optimizer (with their spread)
+    and the size of each program per leaf."""
     out = {name: {"trace": [], "lower": [], "compile": []} for name in make_opts}
+    size = {}
     names = list(make_opts)
+    n_leaves = len(jax.tree.leaves(params))
     for trial in range(trials):
         for name in names[trial % len(names) :] + names[: trial % len(names)]:
             opt = make_opts[name]()
@@ -189,24 +195,37 @@ def compile_times(make_opts: dict, params, trials=3) -> dict:
                 return optax.apply_updates(params, updates), state
 
             state = opt.init(params)
+            jax.clear_caches()
             t0 = time.perf_counter()
             traced = jax.jit(step).trace(params, state, params)
             t1 = time.perf_counter()
             lowered = traced.lower()
             t2 = time.perf_counter()
-            lowered.compile()
+            compiled = lowered.compile()
             t3 = time.perf_counter()
             for key, dt in (("trace", t1 - t0), ("lower", t2 - t1), ("compile", t3 - t2)):
                 out[name][key].append(dt)
+            if name not in size:
+                size[name] = {
+                    "ops per leaf": _count_ops(lowered.as_text()) / n_leaves,
+                    "optimized per leaf": _count_ops(compiled.as_text()) / n_leaves,
+                }
+    totals = {name: [a + b + c for a, b, c in zip(*d.values())] for name, d in out.items()}
+    base = names[-1]
     return {
         name: {
             **{k: statistics.median(v) for k, v in d.items()},
-            "total": statistics.median(
-                a + b + c for a, b, c in zip(d["trace"], d["lower"], d["compile"])
-            ),
+            "total": statistics.median(totals[name]),
+            "ratio": spread([a / b for a, b in zip(totals[name], totals[base])]),
+            **size[name],
         }
         for name, d in out.items()
     }
+
+
+def _count_ops(text: str) -> int:
+    """Instructions in a StableHLO or HLO text (lines that define a value)."""
+    return sum(1 for line in text.splitlines() if " = " in line and not line.startswith("#"))
 
 
 def slow_average_error(nu_dtype, stochastic, steps=3000):
@@ -437,14 +456,13 @@ def main(argv=None):
                 "optax": lambda kw=kw: optax.rmsprop(**kw),
             },
             small,
-            trials=1 if args.quick else 3,
+            trials=3 if args.quick else 7,
         )
-        c["ratio"] = c["rmsprop_jax"]["total"] / c["optax"]["total"]
         results["compile"][cfg_name] = c
         print(
             f"trace+lower+compile, 2000 leaves, {cfg_name}: ours {c['rmsprop_jax']['total']:.2f} s "
             f"(trace {c['rmsprop_jax']['trace']:.2f}), optax {c['optax']['total']:.2f} s "
-            f"(trace {c['optax']['trace']:.2f}), ratio {c['ratio']:.2f}",
+            f"(trace {c['optax']['trace']:.2f}), ours/optax {fmt(c['rmsprop_jax']['ratio'])}",
             flush=True,
         )
     del small
@@ -541,10 +559,12 @@ def write_report(results, out):
     lines += [
         "The floors are the bytes each step must move over XLA's median bandwidth.",
         "",
-        "Trace + lower + compile of the 2000-leaf step (s, medians of interleaved trials):",
+        "Trace + lower + compile of the 2000-leaf step (s, medians of interleaved cold trials;",
+        "ours/optax per trial, median and lowest-highest; program size per leaf):",
         "",
-        "| config | step | trace | lower | compile | total | ours/optax |",
-        "|---|---|---|---|---|---|---|",
+        "| config | step | trace | lower | compile | total | ours/optax | StableHLO ops "
+        "| optimized HLO |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for cfg_name, c in results["compile"].items():
         for name in ("rmsprop_jax", "optax"):
@@ -552,7 +572,8 @@ def write_report(results, out):
             lines.append(
                 f"| {cfg_name} | {name} | {t['trace']:.2f} | {t['lower']:.2f} | "
                 f"{t['compile']:.2f} | {t['total']:.2f} | "
-                + (f"{c['ratio']:.2f} |" if name == "rmsprop_jax" else " |")
+                + (f"{fmt(t['ratio'])} | " if name == "rmsprop_jax" else " | ")
+                + f"{t['ops per leaf']:.1f} | {t['optimized per leaf']:.1f} |"
             )
     lines += [
         "",
