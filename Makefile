@@ -21,7 +21,7 @@ help:
 	@echo "make lint             ruff (lint + format check) and mypy"
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (under a minute)"
-	@echo "make bench            step time vs optax, torch, torch.compile and the bandwidth floor; fusion, flat parameters (about 22 min; --quick about 9)"
+	@echo "make bench            step time vs optax, torch, torch.compile and the bandwidth floor; fusion, flat parameters (about 26 min; --quick about 9)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu into .venv-tf, 2.4 GB)"
 	@echo "make docs             the documentation site, offline, warnings as errors: docs/_build/html/index.html"

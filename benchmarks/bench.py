@@ -456,7 +456,7 @@ def main(argv=None):
                 "optax": lambda kw=kw: optax.rmsprop(**kw),
             },
             small,
-            trials=3 if args.quick else 7,
+            trials=1 if args.quick else 7,
         )
         results["compile"][cfg_name] = c
         print(
