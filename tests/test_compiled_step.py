@@ -31,6 +31,16 @@ CASES = {
 }
 
 
+# Narrow (16-bit) state or parameters. XLA in jax 0.8.0, the oldest supported
+# release, copies their donated buffers: it recomputes the new state inside the
+# later loops instead of reading the stored value back. The numbers are the
+# same and the step is slower (docs/low_precision.md). jax 0.10.2 reads the
+# stored value back and copies nothing; releases in between were not checked.
+NARROW = {"bf16 state", "bf16 state, stochastic", "bf16 state, centered", "param rounding"}
+JAX_VERSION = tuple(int(re.match(r"\d+", x)[0]) for x in jax.__version__.split(".")[:3])
+READS_BACK = JAX_VERSION >= (0, 10, 2)
+
+
 def entry_computation(hlo: str) -> str:
     start = hlo.index("\nENTRY ")
     return hlo[start : hlo.index("\n}", start)]
@@ -39,6 +49,11 @@ def entry_computation(hlo: str) -> str:
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("param_dtype", [jnp.float32, BF16], ids=["f32 params", "bf16 params"])
 def test_donated_step_copies_nothing(name, param_dtype):
+    if name in NARROW and not READS_BACK:
+        pytest.skip(
+            f"jax {jax.__version__}: its XLA copies donated 16-bit state (checked on 0.8.0; "
+            "copy-free from 0.10.2, where the golden programs are recorded)"
+        )
     opt = CASES[name]()
     params = {
         "kernel": jnp.ones((256, 128), param_dtype),
