@@ -191,11 +191,14 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         if cfg.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
             keys = [_storage.mix(cfg.seed, t, i) for i in range(n)]
-        cache: dict[Any, _scalars.Scalars] = {}
+        cache: dict[Any, tuple[dict[str, Any], tuple[bool, ...]]] = {}
 
-        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> _scalars.Scalars:
+        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> tuple[dict[str, Any], tuple[bool, ...]]:
+            """The step's scalars in these dtypes, split into the jitted leaf step's
+            arguments and static arguments: made once per step and dtype pair."""
             if (real, work) not in cache:
-                cache[real, work] = _scalars.scalars(cfg, real, work, lr, wd_t, t)
+                sc = _scalars.scalars(cfg, real, work, lr, wd_t, t)
+                cache[real, work] = _scalars.split(sc)
             return cache[real, work]
 
         results = []
@@ -204,7 +207,7 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
             if not trained[i]:  # integer and boolean leaves: a zero update, state kept
                 results.append((jnp.zeros_like(g), nu, mu, tr))
                 continue
-            arrays, decisions = _scalars.split(scalars_of(*_step.dtypes(opts, g, nu, mu, tr)))
+            arrays, decisions = scalars_of(*_step.dtypes(opts, g, nu, mu, tr))
             results.append(
                 _leaf_step(
                     opts,
