@@ -1,54 +1,84 @@
 """One way to build a configuration: :func:`configure`, used by every public factory.
 
+A configuration has two parts, made here once and never copied field by field:
+
+- :class:`Options`, static and hashable: every choice that shapes the compiled
+  program (the flags, the storage, and what the numbers' values allow the
+  program to leave out). The jitted leaf step takes it as a static argument.
+- the numbers as given (Python numbers, arrays, tracers under
+  ``optax.inject_hyperparams``, schedules), kept in :class:`Config` beside the
+  options. :func:`rmsprop_jax._numbers.numbers` evaluates them once per step
+  into the pytree the leaf step takes.
+
 ``rmsprop``, ``scale_by_rms`` and every preset call :func:`configure` with
-keyword arguments; it checks them (naming each argument as its caller calls
-it, so that ``presets.pytorch`` reports ``lr`` and ``alpha``), makes the
-"zero means off" decisions, and returns a :class:`Config`, which
-:func:`rmsprop_jax._core.build` turns into a transformation. A new option
-touches this file, its stage of the step, and the factory that exposes it.
+keyword arguments; it rounds the numbers as the preset's original does, then
+checks them (naming each argument as its caller calls it, so that
+``presets.pytorch`` reports ``lr`` and ``alpha``). A new flag is a field of
+:class:`Options` (checked with the other flags), the stage of
+``rmsprop_jax._step`` that reads it, and the factory that exposes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
+from rmsprop_jax import _dtypes
 from rmsprop_jax import _validation as v
+
+_F32 = jnp.finfo(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Every choice that shapes the compiled step (hashable; no arrays)."""
+
+    # The second moment and its normalisation (scale_by_rms).
+    centered: bool = False
+    eps_in_sqrt: bool = True
+    bias_correction: bool = False
+    split_complex: bool = False
+    # Storage.
+    nu_dtype: Any = None  # None: the parameter's (see _dtypes)
+    mu_dtype: Any = None
+    stochastic_rounding: bool = False
+    factored: bool = False
+    min_dim_size_to_factor: int | None = 128  # None: traced (init asks for a static one)
+    # What follows the normalised gradient s. scale_only (scale_by_rms) returns s.
+    scale_only: bool = False
+    momentum: bool = False  # a momentum buffer
+    nesterov: bool = False
+    lr_in_momentum: bool = True
+    weight_decay_mode: str | None = None  # None: no weight-decay term in the program
+    maximize: bool = False
+    # What the numbers' values allow the program to leave out, decided once from
+    # the values known when the transform is built (see _facts).
+    decay_zero: bool = False  # decay is 0: no decay * nu term
+    decay_known: bool = True  # else a run-time decay of 1 meets inf as 0
+    eps_guard: bool = True  # the denominator can be 0: s = 0 there, not 0/0
+    s_bound: float | None = None  # a bound on |s| for a full second moment
+    clip_lr: bool = False  # a run-time learning rate is clipped to s_bound's limit
+    momentum_unbounded: bool = False  # the buffer's bound cannot be shown at build
+    run_time_check: bool = False  # some number is known only at run time: see _numbers
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that decides the step. Numbers may be Python numbers, arrays or tracers."""
+    """The options and the numbers as given (checked, rounded as the caller's original does)."""
 
-    # The second moment and its normalisation (scale_by_rms).
+    options: Options
+    learning_rate: Any  # None for scale_by_rms
     decay: Any
     eps: Any
     initial_scale: Any
-    eps_in_sqrt: bool
-    bias_correction: bool
-    centered: bool
-    split_complex: bool
-    # Storage.
-    nu_dtype: jnp.dtype | None
-    mu_dtype: jnp.dtype | None
-    stochastic_rounding: bool
-    seed: Any
-    factored: bool
-    min_dim_size_to_factor: int | None  # None: traced, known only at run time
-    # True for scale_by_rms: the output is the normalised gradient s, with no
-    # learning rate, momentum, weight decay or maximize (all unset below).
-    scale_only: bool
-    learning_rate: Any
-    momentum: Any  # None: no momentum buffer.
-    nesterov: bool
-    lr_in_momentum: bool
-    weight_decay: Any  # None: no weight decay.
-    weight_decay_mode: str
+    momentum: Any  # None: no momentum buffer
+    weight_decay: Any  # None: no weight decay
     weight_decay_mask: Any
-    maximize: bool
+    seed: Any
 
 
 def configure(
@@ -76,31 +106,43 @@ def configure(
     weight_decay_mask: Any = None,
     maximize: bool = False,
     names: Mapping[str, str] | None = None,
+    rounding: Callable[[Any], Any] | None = None,
+    rounding_note: str = "",
 ) -> Config:
     """Checks the arguments and returns the :class:`Config` they describe.
 
     ``names`` maps this function's argument names to the caller's (a preset's
-    ``lr``, ``alpha``, ``rho``, ``epsilon``), for the error messages. Only
-    concrete values are checked: tracers pass (see ``_validation``).
+    ``lr``, ``alpha``, ``rho``, ``epsilon``), for the error messages.
+    ``rounding`` rounds each Python-number hyperparameter as the caller's
+    original computes it (TensorFlow makes float32 tensors of them) *before*
+    the checks, so that a value the original rounds out of range is refused
+    here, with ``rounding_note`` saying why. Only concrete values are checked:
+    tracers pass (see ``_validation``).
     """
     name = lambda arg: (names or {}).get(arg, arg)
-    decay, eps, initial_scale = (
-        v.real_array(name(arg), x)
-        for arg, x in (("decay", decay), ("eps", eps), ("initial_scale", initial_scale))
-    )
-    learning_rate, momentum, weight_decay = (
-        v.real_array(name(arg), x)
-        for arg, x in (
-            ("learning_rate", learning_rate),
-            ("momentum", momentum),
-            ("weight_decay", weight_decay),
-        )
-    )
-    v.check_precise(name("decay"), decay)
-    v.check_precise(name("momentum"), momentum)
-    v.check_unit_interval(name("decay"), decay)
-    v.check_nonnegative(name("eps"), eps)
-    v.check_nonnegative(name("initial_scale"), initial_scale)
+    given = {
+        "learning_rate": learning_rate,
+        "decay": decay,
+        "eps": eps,
+        "initial_scale": initial_scale,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+    }
+    numbers = {arg: v.as_float(name(arg), x) for arg, x in given.items()}
+    if rounding is not None:
+        numbers = {arg: rounding(x) if v.is_number(x) else x for arg, x in numbers.items()}
+    try:
+        _check_numbers(numbers, nesterov, bias_correction, scale_only, name)
+    except ValueError as error:
+        rounded = [
+            f"`{name(arg)}`={v.show(given[arg])} is {v.show(x)} {rounding_note}"
+            for arg, x in numbers.items()
+            if f"`{name(arg)}`" in str(error) and v.is_number(x) and x != given[arg]
+        ]
+        if not rounded:
+            raise
+        raise ValueError(f"{str(error).rstrip('.')} ({'; '.join(rounded)}).") from None
+
     flags = {
         "eps_in_sqrt": eps_in_sqrt,
         "bias_correction": bias_correction,
@@ -108,10 +150,12 @@ def configure(
         "split_complex": split_complex,
         "stochastic_rounding": stochastic_rounding,
         "factored": factored,
+        "nesterov": nesterov,
+        "lr_in_momentum": lr_in_momentum,
+        "maximize": maximize,
     }
     for arg, flag in flags.items():
         v.check_static_bool(name(arg), flag)
-    v.check_bias_correction(bias_correction, initial_scale, name("initial_scale"))
     if factored and centered:
         raise ValueError(
             f"`{name('factored')}=True` cannot be combined with `{name('centered')}=True`: a "
@@ -121,47 +165,140 @@ def configure(
         )
     # Only init needs it (update reads the factoring from the state), so a
     # traced value (inject_hyperparams under jit) passes here: see init.
-    min_dim = v.static_int(
-        name("min_dim_size_to_factor"), min_dim_size_to_factor, needed=False, minimum=1
-    )
+    min_dim = v.static_int(name("min_dim_size_to_factor"), min_dim_size_to_factor, minimum=1)
     v.check_seed(name("seed"), seed)
     if not scale_only:
-        v.check_rate(name("learning_rate"), learning_rate)
-        if weight_decay is not None:
-            v.check_rate(name("weight_decay"), weight_decay)
-        v.check_momentum(momentum, nesterov, name("momentum"))
         v.check_weight_decay_mode(weight_decay_mode)
-        step_flags = {"nesterov": nesterov, "lr_in_momentum": lr_in_momentum, "maximize": maximize}
-        for arg, flag in step_flags.items():
-            v.check_static_bool(name(arg), flag)
         if weight_decay_mask is not None and not callable(weight_decay_mask):
             v.check_mask_leaves(weight_decay_mask)
-    return Config(
-        decay=decay,
-        eps=eps,
-        initial_scale=initial_scale,
+    if scale_only:
+        numbers.update(learning_rate=None, momentum=None, weight_decay=None)
+    # Zero means off. A momentum that is None or a Python/NumPy number 0 makes
+    # no buffer; an array (as optax.inject_hyperparams passes, whose value may
+    # change between steps) always gets one, so that an eager init and a jitted
+    # update agree on the state's structure. A weight decay that is None or
+    # known to be 0 is left out of the program.
+    if v.is_number(numbers["momentum"]) and numbers["momentum"] == 0:
+        numbers["momentum"] = None
+    if v.is_zero(numbers["weight_decay"]):
+        numbers["weight_decay"] = None
+    options = Options(
+        centered=centered,
         eps_in_sqrt=eps_in_sqrt,
         bias_correction=bias_correction,
-        centered=centered,
         split_complex=split_complex,
-        nu_dtype=v.check_state_dtype(name("nu_dtype"), nu_dtype),
-        mu_dtype=v.check_state_dtype(name("mu_dtype"), mu_dtype),
+        nu_dtype=_dtypes.check_state_dtype(name("nu_dtype"), nu_dtype),
+        mu_dtype=_dtypes.check_state_dtype(name("mu_dtype"), mu_dtype),
         stochastic_rounding=stochastic_rounding,
-        seed=seed,
         factored=factored,
         min_dim_size_to_factor=min_dim if factored else 128,
         scale_only=scale_only,
-        learning_rate=None if scale_only else learning_rate,
-        # Zero means off. A momentum that is None or a Python/NumPy number 0
-        # makes no buffer; an array (as optax.inject_hyperparams passes, whose
-        # value may change between steps) always gets one, so that an eager
-        # init and a jitted update agree on the state's structure. A weight
-        # decay that is None or concretely 0 is left out of the program.
-        momentum=None if scale_only or v.is_python_zero(momentum) else momentum,
+        momentum=numbers["momentum"] is not None,
         nesterov=nesterov,
         lr_in_momentum=lr_in_momentum,
-        weight_decay=None if scale_only or v.is_zero(weight_decay) else weight_decay,
-        weight_decay_mode=weight_decay_mode,
-        weight_decay_mask=weight_decay_mask,
+        weight_decay_mode=None if numbers["weight_decay"] is None else weight_decay_mode,
         maximize=maximize,
+        **_facts(numbers, centered, eps_in_sqrt),
+    )
+    return Config(
+        options=options,
+        learning_rate=numbers["learning_rate"],
+        decay=numbers["decay"],
+        eps=numbers["eps"],
+        initial_scale=numbers["initial_scale"],
+        momentum=numbers["momentum"],
+        weight_decay=numbers["weight_decay"],
+        weight_decay_mask=weight_decay_mask,
+        seed=seed,
+    )
+
+
+def _check_numbers(
+    numbers: dict[str, Any],
+    nesterov: bool,
+    bias_correction: bool,
+    scale_only: bool,
+    name: Callable[[str], str],
+) -> None:
+    v.check_precise(name("decay"), numbers["decay"])
+    v.check_precise(name("momentum"), numbers["momentum"])
+    v.check_unit_interval(name("decay"), numbers["decay"])
+    v.check_nonnegative(name("eps"), numbers["eps"])
+    v.check_nonnegative(name("initial_scale"), numbers["initial_scale"])
+    v.check_bias_correction(bias_correction, numbers["initial_scale"], name("initial_scale"))
+    if not scale_only:
+        v.check_rate(name("learning_rate"), numbers["learning_rate"])
+        if numbers["weight_decay"] is not None:
+            v.check_rate(name("weight_decay"), numbers["weight_decay"])
+        v.check_momentum(numbers["momentum"], nesterov, name("momentum"))
+
+
+def _value(x: Any) -> float | None:
+    """A known number as a float; None for a schedule, a tracer or None."""
+    return float(np.asarray(x, np.float64)) if v.is_known(x) else None
+
+
+def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[str, Any]:
+    """What the known values allow the compiled step to leave out.
+
+    ``s = g / d`` must stay finite, and so must ``lr * s`` and the momentum
+    buffer, which grows to ``lr * s / (1 - m)``: ``0 * inf`` would be NaN. The
+    bounds are checked against float32's range, the narrowest a step is
+    computed in; where they hold there, they hold in float64 too.
+
+    - Without centering, a full second moment bounds ``s`` by itself: the
+      current step alone puts at least ``(1 - decay) g^2`` into it, so
+      ``|s| <= 1 / sqrt(1 - decay)`` (doubled here for rounding and narrow
+      storage). Then only the learning rate needs bounding: statically where
+      it is known, by clipping it once per step where it is not.
+    - A centered variance can be 0 (constant gradients), so ``s = g / sqrt(eps)``,
+      which eps bounds: where the full second moment is finite so is ``g^2``
+      (it holds ``(1 - decay) g^2``), so ``|g| <= sqrt(max)`` and
+      ``|s| <= sqrt(max) / sqrt(eps)`` (``/ eps`` with eps outside the root;
+      doubled for rounding). This holds however ``nu`` is stored.
+    - Otherwise (a factored second moment, a run-time learning rate with
+      centering, or a bound too large for the learning rate) the step clamps
+      ``s`` to ``max * (1 - m) / max(|lr|, 1)``.
+    """
+    decay, eps = _value(numbers["decay"]), _value(numbers["eps"])
+    lr, m = _value(numbers["learning_rate"]), _value(numbers["momentum"])
+    has_m = numbers["momentum"] is not None
+    m_known = not has_m or m is not None
+    eps_positive = eps is not None and eps >= float(_F32.tiny)  # XLA flushes subnormals
+    bound = None
+    if decay is not None:
+        if not centered:
+            bound = 2.0 / float(np.sqrt(1 - decay))
+        elif eps_positive:
+            assert eps is not None
+            root_max = float(np.sqrt(float(_F32.max)))
+            bound = 2.0 * root_max / (float(np.sqrt(eps)) if eps_in_sqrt else eps)
+            bound = bound if bound <= float(_F32.max) else None
+    clip_lr = False
+    if bound is not None and numbers["learning_rate"] is not None:
+        if lr is None or not m_known:
+            if centered:
+                # Clipping the rate at max * (1 - m) / bound could change a finite
+                # step here (the bound is loose): clamp s instead.
+                bound = None
+            else:
+                clip_lr = True
+        else:
+            one_minus_m = max(1 - (m or 0.0), float(_F32.eps))
+            if max(abs(lr), 1.0) * bound > float(_F32.max) * one_minus_m:
+                bound = None  # a learning rate this large: clamp s instead
+    # initial_scale is read by init alone.
+    run_time = [
+        x
+        for arg, x in numbers.items()
+        if arg != "initial_scale" and (callable(x) or v.is_traced(x))
+    ]
+    return dict(
+        decay_zero=decay == 0,
+        decay_known=decay is not None,
+        eps_guard=not eps_positive,
+        s_bound=bound,
+        clip_lr=clip_lr,
+        momentum_unbounded=has_m and (m is None or 1 - m < float(_F32.eps)),
+        run_time_check=bool(run_time),
     )

@@ -4,24 +4,29 @@
 ``optax.GradientTransformationExtraArgs``. The structure of the state is
 decided once, by ``init``: ``update`` follows the state it is given (which
 fields exist, which leaves are factored), checks the gradients and parameters
-against it, evaluates schedules and per-step scalars once, and calls
-:func:`rmsprop_jax._step.leaf_step`, jitted (:func:`_leaf_step`), for every
+against it, evaluates the step's numbers once (:mod:`rmsprop_jax._numbers`),
+and calls the jitted leaf step (:func:`rmsprop_jax._step.leaf_step`) for every
 trained leaf.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from rmsprop_jax import _dtypes, _factored, _scalars, _step, _storage, _trees, _weight_decay
+from rmsprop_jax import _dtypes, _factored, _numbers, _step, _storage, _trees, _weight_decay
+from rmsprop_jax import _validation as v
 from rmsprop_jax._config import Config
 
 Array = jax.Array
+
+# Traced once per distinct leaf (options, factored axes, shapes, dtypes); each
+# leaf of a tree is then one call, which XLA inlines before it optimises.
+_leaf_step = jax.jit(_step.leaf_step, static_argnums=(0, 1))
 
 
 class RMSpropState(NamedTuple):
@@ -35,47 +40,46 @@ class RMSpropState(NamedTuple):
     trace: optax.Updates | None  # momentum buffer, with the update's sign (as optax's).
 
 
+# So that `jax.export` can serialize a step whose inputs or outputs hold it.
+jax.export.register_namedtuple_serialization(
+    RMSpropState, serialized_name="rmsprop_jax.RMSpropState"
+)
+
+
 def _init_leaf(cfg: Config, p: Any) -> tuple[Any, Array | None, Array | None]:
     """The state of one parameter leaf, made like it (so it follows its sharding)."""
+    o = cfg.options
     shape, dtype = _trees.shape_and_dtype(p)
-    if not _trees.is_trained(dtype):  # integers, booleans: never updated
+    if not _trees.is_trained(dtype):  # integers, booleans, keys: never updated
         zeros = lambda: _trees.full_like(p, 0, jnp.dtype(jnp.float32))
-        return (
-            zeros(),
-            zeros() if cfg.centered else None,
-            zeros() if cfg.momentum is not None else None,
-        )
+        return zeros(), zeros() if o.centered else None, zeros() if o.momentum else None
     complex_state = jnp.issubdtype(dtype, jnp.complexfloating)
-    split = cfg.split_complex and complex_state
+    split = o.split_complex and complex_state
     real = _dtypes.state_dtype(dtype)
-    nu_dtype = cfg.nu_dtype or real
-    mu_dtype = cfg.mu_dtype or real
+    nu_dtype = o.nu_dtype or real
+    mu_dtype = o.mu_dtype or real
     if complex_state and not split:
         mu_dtype = _dtypes.complex_of(mu_dtype)
     if split:  # the real and imaginary parts side by side: shape (..., 2)
         p = _trees.split_complex_like(p, real)
         shape = (*shape, 2)
     axes = None
-    if cfg.factored:
-        if cfg.min_dim_size_to_factor is None:
+    if o.factored:
+        if o.min_dim_size_to_factor is None:
             raise ValueError(
                 "`min_dim_size_to_factor` must be a concrete Python int when `init` "
                 "runs, got a traced value; with `optax.inject_hyperparams` and a jitted "
                 "`init`, pass `static_args=('min_dim_size_to_factor',)`."
             )
-        axes = _factored.factored_axes(shape, cfg.min_dim_size_to_factor)
+        axes = _factored.factored_axes(shape, o.min_dim_size_to_factor)
     nu: Any
     if axes is None:
         nu = _trees.full_like(p, cfg.initial_scale, nu_dtype)
     else:
         nu = _factored.init(p, axes, cfg.initial_scale, nu_dtype)
-    mu = _trees.full_like(p, 0, mu_dtype) if cfg.centered else None
-    trace = _trees.full_like(p, 0, mu_dtype) if cfg.momentum is not None else None
+    mu = _trees.full_like(p, 0, mu_dtype) if o.centered else None
+    trace = _trees.full_like(p, 0, mu_dtype) if o.momentum else None
     return nu, mu, trace
-
-
-def _evaluate(rate: Any, count: Array) -> Any:
-    return rate(count) if callable(rate) else rate
 
 
 def _check_fields(cfg: Config, state: Any) -> None:
@@ -85,8 +89,8 @@ def _check_fields(cfg: Config, state: Any) -> None:
     if getattr(state, "nu", None) is None:
         return
     for field, used, option in (
-        ("mu", cfg.centered, "centered=True"),
-        ("trace", cfg.momentum is not None, "momentum"),
+        ("mu", cfg.options.centered, "centered=True"),
+        ("trace", cfg.options.momentum, "momentum"),
     ):
         present = getattr(state, field, None) is not None
         if present != used:
@@ -98,45 +102,74 @@ def _check_fields(cfg: Config, state: Any) -> None:
             )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _leaf_step(
-    opts: _step.Options,
-    axes: tuple[int, int] | None,
-    decisions: tuple[bool, ...],
-    g: Array,
-    p: Array | None,
-    nu: Any,
-    mu: Array | None,
-    trace: Array | None,
-    scalars: dict[str, Any],
-    wd: Any,
-    key: Array | None,
-) -> tuple[Array, Any, Array | None, Array | None]:
-    """:func:`rmsprop_jax._step.leaf_step`, jitted.
+def _check_leaf_state(
+    path: str, state_shape: tuple[int, ...], nu: Any, mu: Any, trace: Any
+) -> tuple[int, int] | None:
+    """Checks one leaf's state against the shape the gradient needs; returns the
+    factored axes, or None for a full second moment."""
+    where = path or "the root"
+    axes = None
+    if hasattr(nu, "shape"):
+        if tuple(nu.shape) != state_shape:
+            raise ValueError(
+                f"The gradient at {where} needs optimizer state of shape {state_shape}, but "
+                f"the state's `nu` there has shape {tuple(nu.shape)}. Call `init` with "
+                "parameters shaped like the gradients."
+            )
+    else:
+        axes = _factored.factor_axes(nu, state_shape) if _factored.is_factored(nu) else None
+        if axes is None:
+            raise ValueError(
+                f"The gradient at {where} (state shape {state_shape}) does not match the "
+                f"optimizer state's `nu` there, {jax.tree.map(np.shape, nu)}: the gradient "
+                "tree is not the tree the state was initialised for."
+            )
+    for name, x in (("mu", mu), ("trace", trace)):
+        if x is not None and (not hasattr(x, "shape") or tuple(x.shape) != state_shape):
+            got = tuple(x.shape) if hasattr(x, "shape") else jax.tree.map(np.shape, x)
+            raise ValueError(
+                f"The gradient at {where} needs optimizer state of shape {state_shape}, "
+                f"but the state's `{name}` there is {got}."
+            )
+    return axes
 
-    Under an outer ``jit`` this is traced once per distinct leaf (options,
-    factored axes, shapes and dtypes) rather than once per leaf, and each leaf
-    becomes one call: a 2000-leaf tree traces and lowers about three times
-    faster. XLA inlines the calls before it optimises, so the compiled step is
-    the same program, loop for loop. Called eagerly, each leaf is one compiled
-    call instead of a dozen operations. The static arguments are hashable and
-    hold no numbers, so the cache is shared by every optimizer built, injected
-    hyperparameters included."""
-    sc = _scalars.join(scalars, decisions)
-    return _step.leaf_step(opts, g, p, nu, mu, trace, axes, sc, wd, key)
+
+def _gradient_leaf(path: str, g: Any) -> Any:
+    """A gradient leaf as an array (a Python number is a 0-d array); a PRNG key,
+    which has no zero of its kind to return, is refused naming the leaf, and so
+    is anything that is not an array of numbers."""
+    _trees.check_leaf(path, g, "gradient")
+    if not hasattr(g, "dtype"):
+        return jnp.asarray(g)
+    if jax.dtypes.issubdtype(g.dtype, jax.dtypes.prng_key):
+        raise ValueError(
+            f"The gradient at {path or 'the root'} is a PRNG key array ({g.dtype}), which "
+            "cannot be trained. Differentiate with `jax.grad(..., allow_int=True)` (it "
+            "gives `float0` there, which passes through), or keep keys out of the "
+            "optimized tree (`optax.masked`, or `nnx.Optimizer`'s `wrt`)."
+        )
+    return g
+
+
+def _zero_update(g: Any) -> Any:
+    """The update of a leaf that is not trained: a zero of its kind."""
+    if g.dtype == jax.dtypes.float0:
+        return g
+    return jnp.zeros_like(g)
 
 
 def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
     """Returns the transformation that ``cfg`` describes."""
-    opts = _step.options(cfg)
+    o = cfg.options
 
     def init_fn(params: optax.Params) -> RMSpropState:
         leaves, treedef = _trees.flatten(params)
+        for path, p in zip(_trees.paths(params), leaves, strict=True):
+            _trees.check_leaf(path, p)
         per_leaf = [_init_leaf(cfg, p) for p in leaves]
         nu = treedef.unflatten([x[0] for x in per_leaf])
-        mu = treedef.unflatten([x[1] for x in per_leaf]) if cfg.centered else None
-        has_trace = cfg.momentum is not None
-        trace = treedef.unflatten([x[2] for x in per_leaf]) if has_trace else None
+        mu = treedef.unflatten([x[1] for x in per_leaf]) if o.centered else None
+        trace = treedef.unflatten([x[2] for x in per_leaf]) if o.momentum else None
         return RMSpropState(count=jnp.zeros([], jnp.int32), nu=nu, mu=mu, trace=trace)
 
     def update_fn(
@@ -150,78 +183,69 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         n = treedef.num_leaves
         _check_fields(cfg, state)
         nu_leaves = _trees.match(treedef, state.nu, "optimizer state")
-        mu_leaves = (
-            _trees.match(treedef, state.mu, "optimizer state") if cfg.centered else [None] * n
-        )
-        has_trace = cfg.momentum is not None
+        mu_leaves = _trees.match(treedef, state.mu, "optimizer state") if o.centered else [None] * n
         tr_leaves = (
-            _trees.match(treedef, state.trace, "optimizer state") if has_trace else [None] * n
+            _trees.match(treedef, state.trace, "optimizer state") if o.momentum else [None] * n
         )
         paths = _trees.paths(updates)
-        g_leaves = [g if hasattr(g, "dtype") else jnp.asarray(g) for g in g_leaves]
+        g_leaves = [_gradient_leaf(path, g) for path, g in zip(paths, g_leaves, strict=True)]
         trained = [_trees.is_trained(g.dtype) for g in g_leaves]
         axes = []
         for path, g, nu, mu, tr in zip(
             paths, g_leaves, nu_leaves, mu_leaves, tr_leaves, strict=True
         ):
-            split = cfg.split_complex and jnp.iscomplexobj(g)
+            split = o.split_complex and jnp.iscomplexobj(g)
             shape = (*g.shape, 2) if split else tuple(g.shape)
-            axes.append(_trees.check_leaf_state(path, shape, nu, mu, tr))
+            axes.append(_check_leaf_state(path, shape, nu, mu, tr))
 
-        wd = cfg.weight_decay
-        wd_t = _evaluate(wd, state.count)
+        # Weight decay: each leaf's parameter where it decays, and its mask.
         p_leaves: list[Any] = [None] * n
-        mask: list[Any] = [False] * n
-        if wd is not None and any(trained):
-            if params is None:
-                _weight_decay.without_params(wd, wd_t)
-                wd_t = None  # no decay term: it is 0, or the run-time check raises
-            else:
+        masks: list[Any] = [None] * n
+        have_params = params is not None
+        if o.weight_decay_mode is not None and any(trained):
+            wd = cfg.weight_decay
+            if not have_params and (callable(wd) or not v.is_traced(wd)):
+                raise ValueError(
+                    "`params` must be passed to `update` when weight decay is "
+                    "used: call `update(grads, state, params)`."
+                )
+            if have_params:
                 p_leaves = _trees.match(treedef, params, "parameters")
                 for path, p, g, t in zip(paths, p_leaves, g_leaves, trained, strict=True):
                     if t:
                         _trees.check_param(path, p, tuple(g.shape))
-                mask = _weight_decay.mask_leaves(cfg.weight_decay_mask, params, treedef)
-        if wd_t is None:
-            mask = [False] * n
+                entries = _weight_decay.mask_leaves(cfg.weight_decay_mask, params, treedef, paths)
+                p_leaves = [
+                    p if m is not False else None for p, m in zip(p_leaves, entries, strict=True)
+                ]
+                masks = [None if isinstance(m, bool) else m for m in entries]
 
-        lr = _evaluate(cfg.learning_rate, state.count)
         t = optax.safe_increment(jnp.asarray(state.count))
+        compute = [
+            _step.dtypes(o, g, nu, mu, tr)[0]
+            for g, nu, mu, tr, ok in zip(
+                g_leaves, nu_leaves, mu_leaves, tr_leaves, trained, strict=True
+            )
+            if ok
+        ]
+        numbers = None
+        if compute:
+            widest = _dtypes.widest(*compute)
+            narrowest = min(compute, key=lambda d: jnp.finfo(d).bits)
+            numbers = _numbers.numbers(cfg, state.count, t, widest, narrowest, have_params)
         keys: list[Array | None] = [None] * n
-        if cfg.stochastic_rounding and n:
+        if o.stochastic_rounding and n:
             # Deterministic for a given seed: one stream per step and leaf.
             keys = [_storage.mix(cfg.seed, t, i) for i in range(n)]
-        cache: dict[Any, tuple[dict[str, Any], tuple[bool, ...]]] = {}
-
-        def scalars_of(real: jnp.dtype, work: jnp.dtype) -> tuple[dict[str, Any], tuple[bool, ...]]:
-            """The step's scalars in these dtypes, split into the jitted leaf step's
-            arguments and static arguments: made once per step and dtype pair."""
-            if (real, work) not in cache:
-                sc = _scalars.scalars(cfg, real, work, lr, wd_t, t)
-                cache[real, work] = _scalars.split(sc)
-            return cache[real, work]
 
         results = []
         for i in range(n):
             g, nu, mu, tr = g_leaves[i], nu_leaves[i], mu_leaves[i], tr_leaves[i]
-            if not trained[i]:  # integer and boolean leaves: a zero update, state kept
-                results.append((jnp.zeros_like(g), nu, mu, tr))
+            if not trained[i]:  # integer, boolean and float0 leaves: a zero update
+                results.append((_zero_update(g), nu, mu, tr))
                 continue
-            arrays, decisions = scalars_of(*_step.dtypes(opts, g, nu, mu, tr))
             results.append(
-                _leaf_step(
-                    opts,
-                    axes[i],
-                    decisions,
-                    g,
-                    p_leaves[i],
-                    nu,
-                    mu,
-                    tr,
-                    arrays,
-                    _weight_decay.leaf_value(wd_t, mask[i]),
-                    keys[i],
-                )
+                _leaf_step(o, axes[i], numbers, g, p_leaves[i], masks[i], nu, mu, tr, keys[i])
             )
         new_updates, new_nu, new_mu, new_trace = (
             treedef.unflatten([r[i] for r in results]) for i in range(4)
@@ -229,8 +253,8 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         return new_updates, RMSpropState(
             count=t,
             nu=new_nu,
-            mu=new_mu if cfg.centered else None,
-            trace=new_trace if has_trace else None,
+            mu=new_mu if o.centered else None,
+            trace=new_trace if o.momentum else None,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

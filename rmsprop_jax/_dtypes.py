@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -49,13 +50,13 @@ def complex_of(dtype: jnp.dtype) -> jnp.dtype:
     return jnp.dtype(jnp.complex128 if jnp.finfo(dtype).bits > 32 else jnp.complex64)
 
 
-def is_complex(x: Any) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.complexfloating)
-
-
 def split_complex(x: Array) -> Array:
-    """A complex array as a real one with a trailing axis (real, imaginary)."""
-    return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+    """A complex parameter's array (its gradient, the parameter itself, its
+    weight-decay mask) as a real one with a trailing axis: the real and
+    imaginary parts side by side. A real array (a mask) applies to both parts."""
+    if jnp.iscomplexobj(x):
+        return jnp.stack([jnp.real(x), jnp.imag(x)], axis=-1)
+    return jnp.stack([x, x], axis=-1)
 
 
 def merge_complex(x: Array, dtype: jnp.dtype) -> Array:
@@ -72,3 +73,24 @@ def compute_dtypes(g_dtype: Any, stored: list[Any]) -> tuple[jnp.dtype, jnp.dtyp
         *(real_dtype(s.dtype) for s in stored if s is not None),
     )
     return real, complex_of(real) if jnp.issubdtype(g_dtype, jnp.complexfloating) else real
+
+
+STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def check_state_dtype(name: str, dtype: Any) -> jnp.dtype | None:
+    """One of float16, bfloat16, float32, float64 (as the dtype); None for None."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, (jax.Array, np.ndarray)):
+        # optax.inject_hyperparams takes a dtype class for a schedule and passes
+        # an array of that dtype: it is the dtype that was meant.
+        dtype = dtype.dtype
+    message = f"`{name}` must be one of {', '.join(STATE_DTYPES)} or None, got {dtype!r}."
+    try:
+        canonical = jnp.dtype(dtype)
+    except TypeError:
+        raise ValueError(message) from None
+    if canonical.name not in STATE_DTYPES:
+        raise ValueError(message)
+    return canonical

@@ -16,7 +16,7 @@ For a leaf whose two largest axes :math:`a < b` both have at least
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -34,9 +34,14 @@ class FactoredNu(NamedTuple):
     col: Array  # mean over the first factored axis, kept as a size-1 dimension
 
 
+# So that `jax.export` can serialize a step whose inputs or outputs hold it.
+jax.export.register_namedtuple_serialization(FactoredNu, serialized_name="rmsprop_jax.FactoredNu")
+
+
 def factored_axes(shape: tuple[int, ...], min_dim_size: int) -> tuple[int, int] | None:
     """The two largest axes (in order; ties go to the later axis) if both reach
-    ``min_dim_size``, else None (the leaf keeps a full second moment)."""
+    ``min_dim_size`` and 2, else None (the leaf keeps a full second moment): an
+    axis of size 1 is never factored, whatever ``min_dim_size``."""
     if len(shape) < 2:
         return None
     a, b = sorted(sorted(range(len(shape)), key=lambda d: (shape[d], d))[-2:])
@@ -45,13 +50,33 @@ def factored_axes(shape: tuple[int, ...], min_dim_size: int) -> tuple[int, int] 
     return a, b
 
 
-def is_factored(nu: Any) -> bool:
-    """A factored second moment is a container of two arrays rather than an array.
+def factor_axes(nu: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
+    """The factored axes (a, b) of a factored second moment for a gradient of
+    ``shape``, read from the two factors' shapes; None if ``nu`` is not two
+    arrays that factor that shape."""
+    leaves = jax.tree.leaves(nu)
+    if len(leaves) != 2 or not all(hasattr(x, "shape") for x in leaves):
+        return None
+    reduced = []
+    for x in leaves:
+        if len(x.shape) != len(shape):
+            return None
+        differ = [d for d in range(len(shape)) if x.shape[d] != shape[d]]
+        if len(differ) != 1 or x.shape[differ[0]] != 1:
+            return None
+        reduced.append(differ[0])
+    if reduced[0] == reduced[1]:
+        return None
+    a, b = sorted(reduced)
+    return a, b
 
-    Containers are not only :class:`FactoredNu`: ``flax.nnx.Optimizer`` turns
-    the state's NamedTuples into its own ``State`` mappings, so the factors are
-    told apart by their shapes, never by their order or container type."""
-    return not hasattr(nu, "dtype")
+
+def is_factored(x: Any) -> bool:
+    """Whether ``x`` is a factored second moment: a :class:`FactoredNu`, or a
+    mapping of exactly ``row`` and ``col`` (``flax.nnx`` state may hold one so).
+    The two factors are told apart by their shapes (:func:`unpack`), never by
+    their order."""
+    return isinstance(x, FactoredNu) or (isinstance(x, Mapping) and set(x) == {"row", "col"})
 
 
 def init(p: Any, axes: tuple[int, int], value: Any, dtype: jnp.dtype) -> FactoredNu:

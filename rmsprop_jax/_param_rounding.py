@@ -31,6 +31,12 @@ class ParamRoundingState(NamedTuple):
     count: Array  # type: ignore[assignment]
 
 
+# So that `jax.export` can serialize a step whose inputs or outputs hold it.
+jax.export.register_namedtuple_serialization(
+    ParamRoundingState, serialized_name="rmsprop_jax.ParamRoundingState"
+)
+
+
 def _land(p: Array, u: Array, key: Array) -> Array:
     """The update that takes ``p`` to ``p + u`` rounded stochastically to ``p``'s dtype."""
     narrow = jnp.dtype(p.dtype)
@@ -53,10 +59,10 @@ def _land(p: Array, u: Array, key: Array) -> Array:
 def _next_toward(x: Array, up: Array) -> Array:
     """The neighbour of 16-bit float ``x`` above it (where ``up``) or below it.
 
-    ``jnp.nextafter`` does this, but slowly on CPU for 16-bit floats; on the
-    sign-magnitude bits it is one integer add: the magnitude grows where the
-    direction points away from 0, and from 0 the neighbour is the smallest
-    subnormal of that sign."""
+    On the sign-magnitude bits it is one integer add (``jnp.nextafter``'s
+    result, in fewer operations): the magnitude grows where the direction
+    points away from 0, and from 0 the neighbour is the smallest subnormal of
+    that sign."""
     bits = jax.lax.bitcast_convert_type(x, jnp.int16)
     grows = up == (x > 0)
     moved = bits + jnp.where(grows, jnp.int16(1), jnp.int16(-1))
@@ -141,15 +147,15 @@ def stochastic_param_rounding(seed: int = 0) -> optax.GradientTransformation:
         count = optax.safe_increment(state.count)
         out = []
         for i, (path, u, p) in enumerate(zip(paths, u_leaves, p_leaves, strict=True)):
-            if u is None or not hasattr(u, "dtype"):
+            if not hasattr(u, "dtype"):  # a Python number: no parameter to round
                 out.append(u)
                 continue
             _trees.check_param(path, p, tuple(u.shape))
-            p = jnp.asarray(p)
-            if jnp.dtype(p.dtype) not in _NARROW or not _trees.is_trained(u.dtype):
-                out.append(u)
+            dtype = _trees.shape_and_dtype(p)[1]
+            if not (_trees.is_trained(dtype) and _trees.is_trained(u.dtype) and dtype in _NARROW):
+                out.append(u)  # wide, integer, key or float0: passed through
                 continue
-            out.append(_land(p, u, _storage.mix(seed, count, i)))
+            out.append(_land(jnp.asarray(p), u, _storage.mix(seed, count, i)))
         return treedef.unflatten(out), ParamRoundingState(count=count)
 
     return optax.GradientTransformation(init_fn, update_fn)

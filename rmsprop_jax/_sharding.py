@@ -9,12 +9,12 @@ state leaf over that axis too, so that every device stores 1/N of the state.
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rmsprop_jax._factored import FactoredNu
+from rmsprop_jax import _factored
 
 
 def _spec_of(leaf: Any, ndim: int) -> list[Any]:
@@ -82,9 +82,8 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
         # A factored second moment is O(rows + cols): its factors keep their own
         # sharding (splitting both over one axis would shard their outer
         # product twice over it).
-        if isinstance(x, FactoredNu):
-            # (a FactoredNu of shardings, shaped like the state, as the rest is)
-            return FactoredNu(row=cast(Any, keep(x.row)), col=cast(Any, keep(x.col)))
+        if _factored.is_factored(x):
+            return jax.tree.map(keep, x)
         return one(x)
 
-    return jax.tree.map(place, state, is_leaf=lambda x: isinstance(x, FactoredNu))
+    return jax.tree.map(place, state, is_leaf=_factored.is_factored)

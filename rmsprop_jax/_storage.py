@@ -20,12 +20,20 @@ from rmsprop_jax import _dtypes
 Array = jax.Array
 
 
+def _word(w: Any) -> Array:
+    """An integer as a uint32 (modulo 2**32). A Python int goes through NumPy's
+    uint32, so that a seed in [2**31, 2**32) needs no 64-bit mode."""
+    if isinstance(w, (int, np.integer)):
+        return jnp.asarray(np.uint32(int(w) % 2**32))
+    return jnp.asarray(w).astype(jnp.uint32)
+
+
 def mix(*words: Any) -> Array:
     """A 32-bit key from integers (seed, step, leaf, buffer), hashed in turn (FNV-1a
     style, with a shift to spread the high bits)."""
     h = jnp.uint32(0x811C9DC5)
     for w in words:
-        h = (h ^ jnp.asarray(w).astype(jnp.uint32)) * jnp.uint32(0x01000193)
+        h = (h ^ _word(w)) * jnp.uint32(0x01000193)
         h = h ^ (h >> 15)
     return h
 
@@ -33,9 +41,9 @@ def mix(*words: Any) -> Array:
 def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
     """32 well-spread random bits per element, from a counter-based hash of
     (key, element index): the murmur3 finaliser of the index mixed with a
-    32-bit key. A few integer operations that XLA fuses into the step, where
-    threefry (``jax.random``) made a bfloat16 step 5.9x slower on CPU. Rounding
-    needs well-spread bits, not cryptographic ones; the result is deterministic."""
+    32-bit key, a few integer operations that XLA fuses into the step.
+    Rounding needs well-spread bits, not cryptographic ones; the result is
+    deterministic."""
     size = int(np.prod(shape))
     if size == 0:
         return jnp.zeros(shape, jnp.uint32)
@@ -125,9 +133,3 @@ def store(x: Array, dtype: jnp.dtype, key: Array | None, saturated: bool = False
             ).astype(dtype)
         return stochastic_round(x, dtype, key)
     return x.astype(dtype)
-
-
-def store_all(new: list[Array], old: list[Array], key: Array | None) -> list[Array]:
-    """Stores several arrays (the factors of a second moment) in the old ones' dtypes."""
-    keys = [None if key is None else mix(key, i) for i in range(len(new))]
-    return [store(x, o.dtype, k) for x, o, k in zip(new, old, keys, strict=True)]

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from rmsprop_jax import _validation as v
+
 Array = jax.Array
 
 
@@ -34,28 +36,49 @@ def paths(tree: Any) -> list[str]:
 # Parameter leaves.
 
 
-def shape_and_dtype(x: Any) -> tuple[tuple[int, ...], jnp.dtype]:
+def shape_and_dtype(x: Any) -> tuple[tuple[int, ...], Any]:
     """The shape and dtype of an array, tracer, ShapeDtypeStruct or Python number
-    (a Python float is a 0-d float32 array, as ``jnp.asarray`` makes it)."""
+    (a Python float is a 0-d float32 array, as ``jnp.asarray`` makes it). A PRNG
+    key array's dtype is its key type, which is not a NumPy dtype."""
     if hasattr(x, "shape") and hasattr(x, "dtype"):
-        return tuple(x.shape), jnp.dtype(x.dtype)
+        return tuple(x.shape), x.dtype
     return (), jnp.result_type(x)
+
+
+def check_leaf(path: str, x: Any, what: str = "parameter") -> None:
+    """A leaf the optimizer can hold state for: an array (or tracer, or
+    ``ShapeDtypeStruct``) of numbers, booleans, PRNG keys or ``float0``, or a
+    Python number. Anything else (a string, an object) is refused, naming the
+    leaf."""
+    dtype = None
+    try:
+        dtype = shape_and_dtype(x)[1]
+        ok = jax.dtypes.issubdtype(dtype, jax.dtypes.extended) or dtype == jax.dtypes.float0
+        ok = ok or jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"The {what} at {path or 'the root'} is {x!r}"
+            + (f" (dtype {dtype})" if dtype is not None else "")
+            + ", which is not an array of numbers: a parameter tree holds arrays (or "
+            "Python numbers). Keep other objects out of the tree the optimizer sees."
+        )
 
 
 def is_trained(dtype: Any) -> bool:
     """Floating and complex leaves are trained; integer, boolean and other
     leaves (``float0`` gradients, PRNG keys) are passed through with a zero
     update."""
-    try:
-        return bool(jnp.issubdtype(dtype, jnp.inexact))
-    except TypeError:
+    if jax.dtypes.issubdtype(dtype, jax.dtypes.extended):  # PRNG keys
         return False
+    return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
 def _named_sharding(x: Any) -> NamedSharding | None:
     """``x``'s NamedSharding where it has one the state can copy: a concrete
     array's or a ShapeDtypeStruct's, or a tracer's under explicit mesh axes."""
-    if isinstance(x, jax.core.Tracer):
+    if v.is_traced(x):
         sharding = getattr(jax.typeof(x), "sharding", None)
         if isinstance(sharding, NamedSharding) and any(
             entry is not None for entry in sharding.spec
@@ -117,58 +140,6 @@ def match(treedef: Any, tree: Any, what: str) -> list[Any]:
         return treedef.flatten_up_to(tree)
     except (ValueError, TypeError):
         raise _mismatch(what, treedef, tree) from None
-
-
-def factor_axes(nu: Any, shape: tuple[int, ...]) -> tuple[int, int] | None:
-    """The factored axes (a, b) of a factored second moment for a gradient of
-    ``shape``, read from the two factors' shapes; None if ``nu`` is not two
-    arrays that factor that shape."""
-    leaves = jax.tree.leaves(nu)
-    if len(leaves) != 2 or not all(hasattr(x, "shape") for x in leaves):
-        return None
-    reduced = []
-    for x in leaves:
-        differ = [
-            d for d in range(len(shape)) if len(x.shape) != len(shape) or x.shape[d] != shape[d]
-        ]
-        if len(x.shape) != len(shape) or len(differ) != 1 or x.shape[differ[0]] != 1:
-            return None
-        reduced.append(differ[0])
-    if reduced[0] == reduced[1]:
-        return None
-    a, b = sorted(reduced)
-    return a, b
-
-
-def check_leaf_state(
-    path: str, state_shape: tuple[int, ...], nu: Any, mu: Any, trace: Any
-) -> tuple[int, int] | None:
-    """Checks one leaf's state against the shape the gradient needs; returns the
-    factored axes, or None for a full second moment."""
-    axes = None
-    if hasattr(nu, "shape"):
-        if tuple(nu.shape) != state_shape:
-            raise ValueError(
-                f"The gradient at {path or 'the root'} needs optimizer state of shape "
-                f"{state_shape}, but the state's `nu` there has shape {tuple(nu.shape)}. "
-                "Call `init` with parameters shaped like the gradients."
-            )
-    else:
-        axes = factor_axes(nu, state_shape)
-        if axes is None:
-            raise ValueError(
-                f"The gradient at {path or 'the root'} (state shape {state_shape}) does not "
-                f"match the optimizer state's `nu` there, {jax.tree.map(np.shape, nu)}: the "
-                "gradient tree is not the tree the state was initialised for."
-            )
-    for name, x in (("mu", mu), ("trace", trace)):
-        if x is not None and (not hasattr(x, "shape") or tuple(x.shape) != state_shape):
-            got = tuple(x.shape) if hasattr(x, "shape") else jax.tree.map(np.shape, x)
-            raise ValueError(
-                f"The gradient at {path or 'the root'} needs optimizer state of shape "
-                f"{state_shape}, but the state's `{name}` there is {got}."
-            )
-    return axes
 
 
 def check_param(path: str, p: Any, shape: tuple[int, ...]) -> None:

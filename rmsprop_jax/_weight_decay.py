@@ -1,4 +1,4 @@
-r"""Weight decay: the mask, each leaf's decay, and the coupled and decoupled terms.
+r"""Weight decay: the mask of each leaf, and the coupled and decoupled terms.
 
 With :math:`\lambda` the weight decay (a schedule is evaluated at the step
 count before the increment) and :math:`\eta` the learning rate:
@@ -8,7 +8,7 @@ count before the increment) and :math:`\eta` the learning rate:
 - decoupled (AdamW-style, Keras): :math:`u \leftarrow u - \eta \lambda p`,
   after the step and outside the momentum buffer.
 
-Leaves whose mask entry is False get neither.
+Elements whose mask entry is False get neither.
 """
 
 from __future__ import annotations
@@ -19,75 +19,70 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rmsprop_jax import _storage
+from rmsprop_jax import _dtypes, _storage, _trees
 from rmsprop_jax import _validation as v
 
 Array = jax.Array
 
 
-def mask_leaves(mask: Any, params: Any, treedef: Any) -> list[Any]:
-    """The mask's leaves, one per parameter leaf (all True without a mask).
+def mask_leaves(mask: Any, params: Any, treedef: Any, paths: list[str]) -> list[Any]:
+    """One mask entry per parameter leaf: True (all of it decays), False (none of
+    it) or a boolean array of the parameter's shape (those elements).
 
-    ``mask`` is a tree of booleans shaped like the parameters, or a function of
-    the parameters returning one."""
+    ``mask`` is a tree of booleans shaped like the parameters, or a prefix of
+    it (a bool then covers a whole subtree), or a function of the parameters
+    returning one. A 0-d boolean array counts as a bool. An array of any other
+    shape than its parameter's is refused, naming the leaf: broadcasting it
+    would change the shape of the update."""
     if mask is None:
         return [True] * treedef.num_leaves
     if callable(mask):
         mask = mask(params)
         v.check_mask_leaves(mask)
-    mask_def = jax.tree.structure(mask)
-    if mask_def != treedef:
+    mask_def: Any = jax.tree.structure(mask)
+    try:
+        per_subtree = mask_def.flatten_up_to(params)
+    except (ValueError, TypeError):
         raise ValueError(
-            "`weight_decay_mask` must have the same tree structure as the "
-            f"parameters; the mask has {mask_def}, the parameters {treedef}."
-        )
-    return jax.tree.leaves(mask)
-
-
-def leaf_value(wd: Any, mask: Any) -> Any:
-    """The weight decay of one leaf: None where the mask is a Python False."""
-    if wd is None or mask is False or mask is None:
-        return None
-    if isinstance(mask, (bool, np.bool_)):
-        return wd if mask else None
-    return jnp.where(jnp.asarray(mask, bool), jnp.asarray(wd), 0)
-
-
-def _raise_if_nonzero(wd: Any) -> None:
-    if np.any(np.asarray(wd) != 0):
-        raise ValueError(
-            f"`weight_decay` is {np.asarray(wd)} but `update` was called without "
-            "`params`: weight decay needs them. Call `update(grads, state, params)`."
-        )
-
-
-def without_params(wd: Any, wd_t: Any) -> None:
-    """Weight decay when ``update`` got no params: an error where it is known to
-    be used; where its value is only known at run time (a hyperparameter that
-    ``optax.inject_hyperparams`` traces), a check that raises at run time if it
-    is not 0, and no decay term."""
-    if callable(wd) or not v.is_traced(wd_t):
-        if callable(wd) or not v.is_zero(wd_t):
+            "`weight_decay_mask` must have the tree structure of the parameters (or a "
+            f"prefix of it); the mask has {mask_def}, the parameters "
+            f"{treedef}."
+        ) from None
+    entries: list[Any] = []
+    for m, subtree in zip(jax.tree.leaves(mask), per_subtree, strict=True):
+        entries += [m] * len(jax.tree.leaves(subtree))
+    out = []
+    for path, m, p in zip(paths, entries, jax.tree.leaves(params), strict=True):
+        if isinstance(m, (bool, np.bool_)):
+            out.append(bool(m))
+            continue
+        shape = _trees.shape_and_dtype(p)[0]
+        if tuple(np.shape(m)) != shape and np.ndim(m) != 0:
             raise ValueError(
-                "`params` must be passed to `update` when weight decay is "
-                "used: call `update(grads, state, params)`."
+                f"`weight_decay_mask` at {path or 'the root'} has shape {tuple(np.shape(m))}, "
+                f"but the parameter there has shape {shape}: a mask array must have its "
+                "parameter's shape (or be a single bool)."
             )
-        return
-    jax.debug.callback(_raise_if_nonzero, wd_t)
+        out.append(m)
+    return out
 
 
-def coupled(g: Array, p: Array, wd: Any, real: jnp.dtype) -> Array:
-    """:math:`g + \\lambda p`, in the gradient's working dtype, saturated at the
-    largest finite value (a huge :math:`\\lambda p` must not make g infinite)."""
+def _masked(term: Array, mask: Array | None) -> Array:
+    return term if mask is None else jnp.where(mask, term, jnp.zeros((), term.dtype))
+
+
+def coupled(g: Array, p: Array, mask: Array | None, wd: Array) -> Array:
+    r""":math:`g + \lambda p`, in the gradient's working dtype, saturated at the
+    largest finite value (a huge :math:`\lambda p` must not make g infinite)."""
     work = g.dtype
-    g = g + jnp.asarray(wd, real).astype(work) * p.astype(work)
-    return _storage.saturate(g, real)
+    term = wd.astype(work) * p.astype(work)
+    return _storage.saturate(g + _masked(term, mask), _dtypes.real_dtype(work))
 
 
-def decoupled(u: Array, p: Array, lr: Array, wd: Any, real: jnp.dtype) -> Array:
-    """:math:`u - \\eta \\lambda p`, in the update's working dtype. The product
-    :math:`\\eta\\lambda` is bounded by the largest finite value, so that it
+def decoupled(u: Array, p: Array, mask: Array | None, lr: Array, wd: Array, real: Any) -> Array:
+    r""":math:`u - \eta \lambda p`, in the update's working dtype. The product
+    :math:`\eta\lambda` is bounded by the largest finite value, so that it
     never meets a zero parameter as inf * 0."""
     work = u.dtype
-    rate = jnp.minimum(lr * jnp.asarray(wd, real), jnp.finfo(real).max)
-    return u - rate.astype(work) * p.astype(work)
+    rate = jnp.minimum(lr.astype(real) * wd.astype(real), jnp.finfo(real).max)
+    return u - _masked(rate.astype(work) * p.astype(work), mask)

@@ -27,7 +27,7 @@ zero denominator (``eps=0``, zero history) gives a zero step instead of 0/0.
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmsprop_jax import _core
+from rmsprop_jax import _core, _step, _trees
 from rmsprop_jax import _validation as v
-from rmsprop_jax._config import Config, configure
+from rmsprop_jax._config import configure
 
 __all__ = [
     "dqn_nature_2015",
@@ -52,24 +52,14 @@ __all__ = [
 ]
 
 
-def _tf_number(x: Any) -> Any:
-    """A Python number as TensorFlow uses it: ``convert_to_tensor``/``tf.cast``
-    make a float32 tensor first, so even float64 variables see the float32
-    rounding of e.g. 0.01. Arrays and schedules are used as they are."""
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return float(np.float32(x))
-    return x
-
-
-def _as_tensorflow(cfg: Config) -> Config:
-    """``cfg`` with its Python-number hyperparameters rounded as TensorFlow does."""
-    return dataclasses.replace(
-        cfg,
-        learning_rate=_tf_number(cfg.learning_rate),
-        decay=_tf_number(cfg.decay),
-        eps=_tf_number(cfg.eps),
-        momentum=None if cfg.momentum is None else _tf_number(cfg.momentum),
-    )
+# A Python number as TensorFlow uses it: ``convert_to_tensor``/``tf.cast`` make
+# a float32 tensor first, so even float64 variables see the float32 rounding of
+# e.g. 0.01. Arrays and schedules are used as they are. configure() rounds before
+# it checks, so a decay that rounds to 1 is refused, saying so.
+_TENSORFLOW: dict[str, Any] = dict(
+    rounding=lambda x: float(np.float32(x)),
+    rounding_note="in float32, which TensorFlow computes its hyperparameters in",
+)
 
 
 def pytorch(
@@ -122,19 +112,32 @@ def pytorch(
     )
 
 
-def _clip_by_norm_per_leaf(max_norm: Any) -> optax.GradientTransformation:
-    """Keras' ``clipnorm``: each gradient array scaled to an L2 norm <= max_norm."""
+def _clip_to_norm(groups: Any, max_norm: Any) -> optax.GradientTransformation:
+    """Keras' ``clipnorm`` (``groups`` maps each array to itself) and
+    ``global_clipnorm`` (the whole tree is one group): each group scaled to an
+    L2 norm <= max_norm. Leaves that are not trained (integers, booleans) pass
+    through. The norm's derivative at 0 is taken as 0 (a group of zero
+    gradients), so that meta-gradients through the clipping stay finite."""
+
+    def clip(tree: Any) -> Any:
+        trained = [g for g in jax.tree.leaves(tree) if _trees.is_trained(jnp.result_type(g))]
+        if not trained:
+            return tree
+        squares = functools.reduce(
+            jnp.add, [jnp.sum(_step.abs_sq(jnp.asarray(g))) for g in trained]
+        )
+        norm = _step.safe_sqrt(squares)
+        limit = jnp.asarray(max_norm, norm.dtype)
+        over = norm > limit
+        scale = jnp.where(over, limit / jnp.where(over, norm, 1), 1)
+        return jax.tree.map(
+            lambda g: g * scale.astype(g.dtype) if _trees.is_trained(jnp.result_type(g)) else g,
+            tree,
+        )
 
     def update_fn(updates: optax.Updates, state: Any, params: Any = None) -> tuple:
         del params
-
-        def clip(g: jax.Array) -> jax.Array:
-            norm = jnp.sqrt(jnp.sum(jnp.real(g * jnp.conj(g))))
-            limit = jnp.asarray(max_norm, norm.dtype)
-            over = norm > limit
-            return g * jnp.where(over, limit / jnp.where(over, norm, 1), 1).astype(g.dtype)
-
-        return jax.tree.map(clip, updates), state
+        return groups(clip, updates), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
@@ -174,6 +177,7 @@ def keras(
       >>> opt = presets.keras(learning_rate=1e-3, rho=0.9, global_clipnorm=1.0)
     """
     clips = {"clipnorm": clipnorm, "clipvalue": clipvalue, "global_clipnorm": global_clipnorm}
+    clips = {name: v.as_float(name, value) for name, value in clips.items()}
     given = [name for name, value in clips.items() if value is not None]
     if len(given) > 1:
         raise ValueError(
@@ -196,17 +200,18 @@ def keras(
     )
     # As in Keras, a clip value of 0 means no clipping. An array (a value that
     # optax.inject_hyperparams may change between steps) keeps the clipping in
-    # the program, with 0 turned into no limit when the step runs.
+    # the program, with 0 (or, known only at run time, less) turned into no
+    # limit when the step runs.
     if not given or v.is_zero(clips[given[0]]):
         return core
     limit = clips[given[0]]
     if isinstance(limit, (jax.Array, np.ndarray)):
         limit = jnp.where(limit > 0, limit, jnp.inf)
-    clip = {
-        "clipnorm": _clip_by_norm_per_leaf,
-        "global_clipnorm": optax.clip_by_global_norm,
-        "clipvalue": optax.clip,
-    }[given[0]](limit)
+    if given[0] == "clipvalue":
+        clip = optax.clip(limit)
+    else:
+        per_array = given[0] == "clipnorm"
+        clip = _clip_to_norm(jax.tree.map if per_array else lambda f, tree: f(tree), limit)
     return optax.chain(clip, core)
 
 
@@ -238,16 +243,18 @@ def tensorflow_v1(
       >>> from rmsprop_jax import presets
       >>> opt = presets.tensorflow_v1(0.001, decay=0.9, momentum=0.9)
     """
-    cfg = configure(
-        learning_rate=learning_rate,
-        decay=decay,
-        eps=epsilon,
-        initial_scale=1.0,
-        centered=centered,
-        momentum=momentum,
-        names={"eps": "epsilon"},
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=epsilon,
+            initial_scale=1.0,
+            centered=centered,
+            momentum=momentum,
+            names={"eps": "epsilon"},
+            **_TENSORFLOW,
+        )
     )
-    return _core.build(_as_tensorflow(cfg))
 
 
 def timm_tf(
@@ -321,15 +328,17 @@ def sonnet(
       >>> from rmsprop_jax import presets
       >>> opt = presets.sonnet(0.01, momentum=0.9, centered=True)
     """
-    cfg = configure(
-        learning_rate=learning_rate,
-        decay=decay,
-        eps=epsilon,
-        centered=centered,
-        momentum=momentum,
-        names={"eps": "epsilon"},
+    return _core.build(
+        configure(
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=epsilon,
+            centered=centered,
+            momentum=momentum,
+            names={"eps": "epsilon"},
+            **_TENSORFLOW,
+        )
     )
-    return _core.build(_as_tensorflow(cfg))
 
 
 def lasagne(

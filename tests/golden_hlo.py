@@ -26,6 +26,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import jaxlib
+import optax
 
 import rmsprop_jax
 from rmsprop_jax import presets
@@ -43,6 +44,10 @@ def _wd_schedule(count):
 
 def _mask(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _element_mask(params):
+    return jax.tree.map(lambda p: p > 0, params)
 
 
 R = rmsprop_jax.rmsprop
@@ -78,6 +83,11 @@ CONFIGS = {
     "decoupled_wd_mask": (
         R,
         dict(learning_rate=0.1, weight_decay=0.1, weight_decay_mask=_mask),
+        F32,
+    ),
+    "decoupled_wd_element_mask": (
+        R,
+        dict(learning_rate=0.1, weight_decay=0.1, weight_decay_mask=_element_mask),
         F32,
     ),
     "coupled_wd": (R, dict(learning_rate=0.1, weight_decay=0.1, weight_decay_mode="coupled"), F32),
@@ -156,6 +166,12 @@ CONFIGS = {
         F32,
     ),
     "preset_keras_clipnorm": (presets.keras, dict(learning_rate=1e-3, clipnorm=1.0), F32),
+    # Every number known only at run time (the run-time rule's checks).
+    "injected_momentum_wd": (
+        optax.inject_hyperparams(R),
+        dict(learning_rate=0.1, momentum=0.9, weight_decay=0.01),
+        F32,
+    ),
 }
 
 

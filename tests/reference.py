@@ -92,11 +92,15 @@ class Reference:
             dt = np.complex128 if cplx_in and not split else np.float64
             g = np.asarray(g).astype(np.complex128 if cplx_in else np.float64)
             p = np.asarray(p).astype(g.dtype)
+            # A mask entry is a bool for the whole leaf or a boolean array of its
+            # shape; a complex leaf's entry covers both parts of an element.
+            m = np.asarray(m, bool)
             if split:
                 g = np.stack([g.real, g.imag], -1)
                 p = np.stack([p.real, p.imag], -1)
+                m = np.stack([m, m], -1) if m.ndim else m
             g, p = g.astype(dt), p.astype(dt)
-            wd_leaf = wd if m else 0.0
+            wd_leaf = wd * m
             if self.maximize:
                 g = -g
             if self.wd_mode == "coupled":

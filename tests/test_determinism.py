@@ -61,3 +61,34 @@ def test_seed_changes_only_the_stochastic_rounding():
     c, d = _run(plain, True), _run(dict(plain, seed=99), True)
     for x, y in zip(_leaves(c), _leaves(d), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("seed", [0, 2**31 - 1, 2**31, 2**32 - 1])
+@pytest.mark.parametrize("x64", [False, True], ids=["x64 off", "x64 on"])
+def test_every_32_bit_seed_in_both_modes(seed, x64):
+    """Seeds up to 2**32 - 1 work with JAX's default 32-bit mode too; the same
+    seed gives the same bits eagerly, under jit, and in either mode."""
+    params = {"w": jnp.linspace(-1, 1, 64, dtype=jnp.bfloat16)}
+    grads = {"w": jnp.linspace(0.5, -0.5, 64, dtype=jnp.bfloat16)}
+    opt = optax.chain(
+        rmsprop_jax.rmsprop(
+            0.01,
+            nu_dtype=jnp.bfloat16,
+            stochastic_rounding=True,
+            seed=seed,
+            momentum=0.9,
+            mu_dtype=jnp.bfloat16,
+        ),
+        rmsprop_jax.stochastic_param_rounding(seed=seed),
+    )
+    runs = []
+    with jax.enable_x64(x64):
+        for update in (opt.update, jax.jit(opt.update)):
+            state, p = opt.init(params), params
+            for _ in range(3):
+                updates, state = update(grads, state, p)
+                p = optax.apply_updates(p, updates)
+            runs.append((p, state))
+    for x, y in zip(_leaves(runs[0]), _leaves(runs[1]), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(np.asarray(runs[0][0]["w"]), np.asarray(params["w"]))

@@ -17,7 +17,9 @@ whose squares overflow it. It runs several steps and checks:
   no NaN in the state (an overflowed square leaves +inf in ``nu``, which
   freezes that coordinate, as documented).
 
-`make test` runs a few dozen examples; `make fuzz` runs thousands.
+Each example runs with JAX's 64-bit mode off (the default, what users run)
+or on, and through ``jax.export`` as well as ``jax.jit``. `make test` runs a
+few dozen examples; `make fuzz` runs thousands.
 """
 
 from __future__ import annotations
@@ -82,23 +84,44 @@ def _matrices_only(params):
     return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
 
+def _element_masks(params):
+    """A boolean array of each parameter's shape, fixed by the shape."""
+
+    def one(p):
+        shape = jnp.shape(p)
+        rng = np.random.default_rng(abs(hash(shape)) % 2**32)
+        return jnp.asarray(rng.uniform(size=shape) < 0.5)
+
+    return jax.tree.map(one, params)
+
+
+def _scalar_array_masks(params):
+    return jax.tree.map(lambda p: jnp.asarray(jnp.size(p) % 2 == 0), params)
+
+
+MASKS = [None, _matrices_only, _element_masks, _scalar_array_masks]
+
+
 @st.composite
 def rmsprop_options(draw):
     kw = {}
-    kw["learning_rate"] = draw(st.sampled_from([0.0, 1e-3, 0.1, 1.0, _schedule]))
-    kw["decay"] = draw(st.sampled_from([0.0, 0.5, 0.9, 0.999, 0.99999999]))
-    kw["eps"] = draw(st.sampled_from([0.0, 1e-30, 1e-8, 1.0]))
+    # Python ints among the numbers: they act as the same float, given
+    # directly or through inject_hyperparams (which makes int32 arrays of them).
+    kw["learning_rate"] = draw(st.sampled_from([0.0, 1e-3, 0.1, 1.0, 1, _schedule]))
+    kw["decay"] = draw(st.sampled_from([0, 0.0, 0.5, 0.9, 0.999, 0.99999999]))
+    kw["eps"] = draw(st.sampled_from([0, 0.0, 1e-30, 1e-8, 1.0, 1]))
     kw["bias_correction"] = draw(st.booleans())
     kw["initial_scale"] = draw(st.sampled_from([0.0, 0.0, 1.0]))
     kw["eps_in_sqrt"] = draw(st.booleans())
     kw["centered"] = draw(st.booleans())
-    kw["momentum"] = draw(st.sampled_from([None, 0.0, 0.5, 0.99, 0.99999999]))
+    kw["momentum"] = draw(st.sampled_from([None, 0, 0.0, 0.5, 0.99, 0.99999999]))
     kw["nesterov"] = draw(st.booleans())
     kw["lr_in_momentum"] = draw(st.booleans())
-    kw["weight_decay"] = draw(st.sampled_from([0.0, 0.1, _wd_schedule]))
+    kw["weight_decay"] = draw(st.sampled_from([0, 0.0, 0.1, 1, _wd_schedule]))
     kw["weight_decay_mode"] = draw(st.sampled_from(["decoupled", "coupled"]))
-    if draw(st.booleans()):
-        kw["weight_decay_mask"] = _matrices_only
+    mask = draw(st.sampled_from(MASKS))
+    if mask is not None:
+        kw["weight_decay_mask"] = mask
     kw["maximize"] = draw(st.booleans())
     kw["split_complex"] = draw(st.booleans())
     kw["nu_dtype"] = draw(st.sampled_from([None, None, jnp.bfloat16, jnp.float16, jnp.float32]))
@@ -165,7 +188,7 @@ def setups(draw):
     else:
         factory, kw = rmsprop_jax.rmsprop, draw(rmsprop_options())
     injected = draw(st.sampled_from([False, "float32", "from_params"]))
-    path = draw(st.sampled_from(["eager_init", "jit_init"]))
+    path = draw(st.sampled_from(["eager_init", "jit_init", "export"]))
     return factory, kw, injected, path
 
 
@@ -180,7 +203,7 @@ def _refusals(kw, injected, path):
     found = []
     if kw.get("factored") and kw.get("centered"):
         found.append("`factored=True` cannot be combined")
-    concrete = not injected or path == "eager_init"
+    concrete = not injected or path != "jit_init"
     if kw.get("nesterov") and (kw.get("momentum") is None or (concrete and kw["momentum"] == 0)):
         found.append("`nesterov=True` needs `momentum` > 0")
     if concrete and kw.get("bias_correction") and kw.get("initial_scale", 0.0) != 0:
@@ -194,7 +217,7 @@ def _rounds_to_one_when_injected(kw, injected, path):
     in float64."""
     return (
         injected
-        and path == "eager_init"
+        and path != "jit_init"
         and any(kw.get(name) == 0.99999999 for name in ("decay", "momentum"))
     )
 
@@ -212,25 +235,36 @@ def _build(factory, kw, injected):
     )(**kw)
 
 
-def _injection_refusal(params, injected):
-    """inject_hyperparams without hyperparam_dtype stores hyperparameters in the
-    parameters' highest dtype. For an all-bfloat16/float16 tree, decay and
-    momentum are refused (they cannot be held precisely); for a tree with no
-    floating leaf they become integers or booleans (refused where boolean); and
-    optax itself cannot pick one for float64 beside complex64."""
+def _injection_refusal(params, injected, kw, path):
+    """inject_hyperparams without hyperparam_dtype stores float hyperparameters
+    in the parameters' highest dtype. For an all-bfloat16/float16 tree, decay
+    and momentum are refused (they cannot be held precisely); for a tree of
+    booleans they become booleans, refused; integers act as the same float
+    (a tree with no floating leaf trains nothing); and optax itself cannot pick
+    one for float64 beside complex64."""
     if injected != "from_params" or not jax.tree.leaves(params):
         return None
     try:
         dtype = optax.tree.dtype(params, "highest")
     except ValueError:
         return "Cannot compare dtype"  # optax's own error
-    if dtype in (jnp.bfloat16, jnp.float16):
+    # (optax converts float hyperparameters only: a Python int stays int32)
+    narrow = [kw.get("decay", 0.9)] + ([kw["momentum"]] if "momentum" in kw else [])
+    if dtype in (jnp.bfloat16, jnp.float16) and any(isinstance(x, float) for x in narrow):
         return "cannot hold it precisely"
     if jnp.issubdtype(dtype, jnp.bool_):
         return "hyperparam_dtype=jnp.float32"
-    if not jnp.issubdtype(dtype, jnp.inexact):
-        return "hyperparam_dtype=jnp.float32"  # integers: decay 0.9 would be 0
+    if jnp.issubdtype(dtype, jnp.integer) and kw.get("nesterov") and path != "jit_init":
+        return "`nesterov=True` needs"  # optax makes the momentum int32: 0.5 is 0
     return None
+
+
+def _dtype(leaf):
+    """The leaf's dtype in the current mode: float64 and complex128 exist only
+    with x64 (without it JAX makes float32 of them, as users get)."""
+    if not jax.config.jax_enable_x64:
+        return {"float64": "float32", "complex128": "complex64"}.get(leaf.dtype, leaf.dtype)
+    return leaf.dtype
 
 
 def _array(rng, leaf, values):
@@ -242,13 +276,13 @@ def _array(rng, leaf, values):
         return jnp.asarray(values > 0)
     if leaf.dtype == "complex64":
         values = values + 1j * values[::-1] if values.ndim else values + 1j * values
-    return jnp.asarray(values, leaf.dtype)
+    return jnp.asarray(values, _dtype(leaf))
 
 
 def _gradient(rng, leaf, kind, state_dtype):
     """One leaf's gradient of the given kind."""
     real = {"float16": np.float16, "bfloat16": np.float32, "complex64": np.float32}
-    info = np.finfo(real.get(leaf.dtype, np.float32 if leaf.dtype != "float64" else np.float64))
+    info = np.finfo(real.get(leaf.dtype, np.float32 if _dtype(leaf) != "float64" else np.float64))
     largest = float(info.max)
     # |g| whose square is near the state's largest finite value, and one
     # whose square overflows it (where the gradient's dtype can hold it).
@@ -267,7 +301,7 @@ def _gradient(rng, leaf, kind, state_dtype):
 
 
 def _state_dtype(leaf, kw):
-    widest = np.float64 if leaf.dtype == "float64" else np.float32
+    widest = np.float64 if _dtype(leaf) == "float64" else np.float32
     nu = kw.get("nu_dtype")
     return widest if nu is None else nu
 
@@ -320,19 +354,20 @@ def _finite_except_frozen(state, allow_inf_nu):
         max_size=3,
     ),
     seed=st.integers(0, 2**16),
+    x64=st.booleans(),
 )
-def test_differential(spec, setup, kinds, seed):
+def test_differential(spec, setup, kinds, seed, x64):
     factory, kw, injected, path = setup
     rng = np.random.default_rng(seed)
     is_leaf = lambda x: isinstance(x, Leaf)
     refusals = _refusals(kw, injected, path)
-    with jax.enable_x64(True), standard_promotion(injected):
+    with jax.enable_x64(x64), standard_promotion(injected):
         if refusals:
             if _rounds_to_one_when_injected(kw, injected, path):
                 refusals += ["must be in [0, 1), got 1.0", "cannot hold it precisely"]
             with pytest.raises(ValueError, match="|".join(map(re.escape, refusals))):
                 opt = _build(factory, kw, injected)
-                opt.init({}) if path == "eager_init" else jax.jit(opt.init)({})
+                opt.init({}) if path != "jit_init" else jax.jit(opt.init)({})
             return
         if _rounds_to_one_when_injected(kw, injected, path):
             try:
@@ -344,20 +379,21 @@ def test_differential(spec, setup, kinds, seed):
             except ValueError as error:
                 documented = ("must be in [0, 1), got 1.0", "cannot hold it precisely")
                 documented += ("hyperparam_dtype=jnp.float32", "Cannot compare dtype")
+                documented += ("`nesterov=True` needs",)  # an int32 tree: momentum 0.5 is 0
                 assert any(text in str(error) for text in documented), error
                 return
         params = jax.tree.map(
             lambda leaf: _array(rng, leaf, rng.normal(size=leaf.shape)), spec, is_leaf=is_leaf
         )
         opt = _build(factory, kw, injected)
-        expected = _injection_refusal(params, injected)
+        expected = _injection_refusal(params, injected, kw, path)
         if expected is not None:
             with pytest.raises(ValueError, match=re.escape(expected)):
-                opt.init(params) if path == "eager_init" else jax.jit(opt.init)(params)
+                opt.init(params) if path != "jit_init" else jax.jit(opt.init)(params)
             return
-        state = opt.init(params) if path == "eager_init" else jax.jit(opt.init)(params)
+        state = opt.init(params) if path != "jit_init" else jax.jit(opt.init)(params)
         structure = jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), state)
-        update = jax.jit(opt.update)
+        update = _exported(opt.update) if path == "export" else jax.jit(opt.update)
 
         ref_kw = _reference_kwargs(factory, kw)
         use_reference = ref_kw is not None and all(k in ("zero", "normal") for k in kinds)
@@ -369,10 +405,10 @@ def test_differential(spec, setup, kinds, seed):
             ]
             mask_fn = ref_kw.pop("_mask_fn", None)
             if mask_fn is not None:
-                ref_kw["weight_decay_mask"] = [bool(m) for m in jax.tree.leaves(mask_fn(params))]
+                entries = [np.asarray(m) for m in jax.tree.leaves(mask_fn(params))]
                 ref_kw["weight_decay_mask"] = [
                     m
-                    for m, x in zip(ref_kw["weight_decay_mask"], jax.tree.leaves(params))
+                    for m, x in zip(entries, jax.tree.leaves(params))
                     if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
                 ]
             reference = Reference(**ref_kw)
@@ -413,6 +449,19 @@ def test_differential(spec, setup, kinds, seed):
                     for x in jax.tree.leaves(params)
                     if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
                 ]
+
+
+def _exported(update):
+    """``update`` through ``jax.export``: exported at its first call, called back
+    from the exported program at every step."""
+    exported = []
+
+    def call(*args):
+        if not exported:
+            exported.append(jax.export.export(jax.jit(update))(*args))
+        return exported[0].call(*args)
+
+    return call
 
 
 def _compare(got, want, leaves, injected):

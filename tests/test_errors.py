@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from rmsprop_jax import presets
 
 BAD_ARGUMENTS = [
     # (kwargs, argument named, allowed range as printed, value as printed)
@@ -223,3 +224,46 @@ def test_complex_hyperparameters_from_inject_hyperparams_are_taken_by_their_real
     np.testing.assert_allclose(updates["z"], want["z"], rtol=1e-6)
     with pytest.raises(ValueError, match="must be real"):
         rmsprop_jax.rmsprop(jnp.asarray(0.1 + 0.1j))
+
+
+@pytest.mark.parametrize("preset", [presets.tensorflow_v1, presets.sonnet])
+@pytest.mark.parametrize("arg", ["decay", "momentum"])
+def test_tensorflow_presets_check_after_rounding_to_float32(preset, arg):
+    """TensorFlow rounds 0.99999999 to 1.0 (float32) before it computes: the
+    preset refuses it at build, naming the argument and both values, instead of
+    failing in update."""
+    with pytest.raises(ValueError, match=rf"`{arg}` must be in \[0, 1\), got 1\.0 .*0\.99999999"):
+        preset(0.1, **{arg: 0.99999999})
+    opt = preset(0.1, **{arg: 0.9999})  # still below 1 in float32
+    params = {"w": jnp.ones(3)}
+    updates, _ = opt.update({"w": jnp.ones(3)}, opt.init(params), params)
+    assert np.all(np.isfinite(updates["w"])) and np.all(np.asarray(updates["w"]) < 0)
+
+
+def test_prng_key_gradient_is_refused_naming_the_leaf():
+    params = {"w": jnp.ones(3), "rng": jax.random.key(0)}
+    opt = rmsprop_jax.rmsprop(0.1)
+    with pytest.raises(ValueError, match=r"gradient at \['rng'\] is a PRNG key"):
+        opt.update(params, opt.init(params))
+
+
+def test_schedule_weight_decay_without_params_is_refused():
+    opt = rmsprop_jax.rmsprop(0.1, weight_decay=lambda count: 0.0)
+    with pytest.raises(ValueError, match="`params` must be passed"):
+        opt.update({"w": jnp.ones(2)}, opt.init({"w": jnp.ones(2)}))
+
+
+@pytest.mark.parametrize(
+    "leaf", ["x", object(), np.array(["x"])], ids=["str", "object", "str array"]
+)
+def test_a_leaf_that_is_not_numbers_is_refused_naming_it(leaf):
+    opt = rmsprop_jax.rmsprop(0.1)
+    with pytest.raises(
+        ValueError, match=r"parameter at \['a'\]\['b'\] is .*not an array of numbers"
+    ):
+        opt.init({"a": {"b": leaf}, "w": jnp.ones(2)})
+    state = opt.init({"a": {"b": jnp.ones(())}, "w": jnp.ones(2)})
+    with pytest.raises(
+        ValueError, match=r"gradient at \['a'\]\['b'\] is .*not an array of numbers"
+    ):
+        opt.update({"a": {"b": leaf}, "w": jnp.ones(2)}, state)

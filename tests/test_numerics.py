@@ -7,6 +7,7 @@ import optax
 import pytest
 
 import rmsprop_jax
+from rmsprop_jax import presets
 
 
 def _finite(tree):
@@ -227,3 +228,87 @@ def test_validate_state_accepts_a_python_int_count():
     assert rmsprop_jax.validate_state(state, opt.init(params)) is state
     _, state = opt.update(params, state)
     assert int(state.count) == 4
+
+
+@pytest.mark.parametrize("nu_dtype", [jnp.float16, jnp.bfloat16, jnp.float32])
+@pytest.mark.parametrize("decay", [0.9, 0.0])
+def test_factored_factors_stored_narrow_stay_finite(nu_dtype, decay):
+    """A square whose average overflows a float16 factor (900^2 > 65504)
+    saturates the factor instead of storing inf, which would make every later
+    estimate inf / inf = NaN."""
+    opt = rmsprop_jax.rmsprop(
+        0.1, factored=True, min_dim_size_to_factor=2, nu_dtype=nu_dtype, decay=decay
+    )
+    params = {"w": jnp.ones((3, 3))}
+    state = opt.init(params)
+    for g in (900.0, 1.0, 1.0, -2.0):
+        updates, state = opt.update({"w": jnp.full((3, 3), g)}, state, params)
+        assert np.all(np.isfinite(updates["w"])) and np.all(np.asarray(updates["w"]) != 0), g
+        for x in jax.tree.leaves(state.nu):
+            assert np.all(np.isfinite(np.asarray(x, np.float32))), (g, state.nu)
+
+
+@pytest.mark.parametrize(
+    "clip", [dict(clipnorm=1.0), dict(global_clipnorm=1.0), dict(clipvalue=1.0)]
+)
+@pytest.mark.parametrize("all_zero", [False, True])
+def test_meta_gradients_through_keras_clipping_with_zero_gradients(clip, all_zero):
+    """d(loss after 3 steps)/d(learning rate) through presets.keras' clipping,
+    where a leaf's gradient (or every gradient) is exactly zero: the norm's
+    derivative at 0 would be inf, and 0 * inf NaN."""
+    params = {"w": jnp.ones(3), "z": jnp.ones(2)}
+
+    def loss_after(lr):
+        opt = presets.keras(lr, **clip)
+        state, q = opt.init(params), params
+        for _ in range(3):
+            g = {"w": (0.0 if all_zero else 2.0) * q["w"], "z": 0.0 * q["z"]}
+            updates, state = opt.update(g, state, q)
+            q = optax.apply_updates(q, updates)
+        return jnp.sum(q["w"] ** 2) + jnp.sum(q["z"])
+
+    grad = jax.grad(loss_after)(jnp.float32(0.1))
+    assert np.isfinite(grad), grad
+    if not all_zero:
+        assert float(grad) < 0  # a larger rate shrinks w faster
+
+
+def test_prng_key_and_float0_leaves_pass_through():
+    """A PRNG key among the parameters gets placeholder state, its float0
+    gradient (jax.grad(allow_int=True)) a float0 update; init runs eagerly, under
+    jit and from ShapeDtypeStruct."""
+    params = {"w": jnp.ones(3), "rng": jax.random.key(0), "old": jax.random.PRNGKey(1)}
+    opt = rmsprop_jax.rmsprop(0.1, momentum=0.9, weight_decay=0.1)
+    for state in (
+        opt.init(params),
+        jax.jit(opt.init)(params),
+        opt.init(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)),
+    ):
+        assert jax.tree.structure(state.nu) == jax.tree.structure(params)
+    state = opt.init(params)
+    _, grads = jax.value_and_grad(lambda p: jnp.sum(p["w"] ** 2), allow_int=True)(params)
+    assert grads["rng"].dtype == jax.dtypes.float0
+    for update in (opt.update, jax.jit(opt.update)):
+        updates, new_state = update(grads, state, params)
+        assert updates["rng"].dtype == jax.dtypes.float0
+        assert updates["old"].dtype == jax.dtypes.float0  # a uint32 key's gradient
+        assert float(updates["w"][0]) < 0
+        np.testing.assert_array_equal(new_state.nu["rng"], state.nu["rng"])
+
+
+def test_zero_size_leaves():
+    params = {"e": jnp.ones((0, 3)), "w": jnp.ones(2), "c": jnp.ones((2, 0), jnp.complex64)}
+    for kw in (
+        dict(),
+        dict(centered=True, momentum=0.9),
+        dict(factored=True, min_dim_size_to_factor=1),
+        dict(nu_dtype=jnp.bfloat16, stochastic_rounding=True),
+        dict(
+            split_complex=True,
+            weight_decay=0.1,
+            weight_decay_mask={"e": True, "w": False, "c": jnp.ones((2, 0), bool)},
+        ),
+    ):
+        opt = rmsprop_jax.rmsprop(0.1, **kw)
+        updates, _ = jax.jit(opt.update)(params, opt.init(params), params)
+        assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params), kw
