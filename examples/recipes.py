@@ -2,7 +2,10 @@
 
 One function per recipe; each returns an Optax transformation (and, where the
 original anneals its learning rate, the schedule), with the original's
-settings as defaults. ``docs/recipes.md`` explains each one and what to watch
+settings as defaults. Setups that are exactly a preset with its defaults (DQN
+as in Nature 2015, Graves 2013) are the preset itself:
+``rmsprop_jax.presets.dqn_nature_2015()``, ``rmsprop_jax.presets.graves_2013()``.
+``docs/recipes.md`` explains each one and what to watch
 for when porting it; ``tests/test_recipes.py`` checks each against the
 original's update, step by step.
 
@@ -28,18 +31,6 @@ from rmsprop_jax import presets
 
 # --------------------------------------------------------------------------
 # DQN.
-
-
-def dqn_nature_2015(learning_rate: float = 2.5e-4) -> optax.GradientTransformation:
-    """DQN as in Mnih et al., Nature 2015, and DeepMind's Lua code.
-
-    Source: ``dqn/NeuralQLearner.lua``, ``nql:qLearnMinibatch`` (centered
-    RMSprop with decay 0.95 and 0.01 added inside the root), and ``run_gpu``
-    (``lr=0.00025``, ``minibatch_size=32``, ``clip_delta=1``). The Lua code
-    backpropagates the clipped TD errors of the 32 transitions without
-    dividing by 32: the gradient it normalises is a *sum* over the batch.
-    """
-    return presets.dqn_nature_2015(learning_rate, decay=0.95, min_squared_gradient=0.01)
 
 
 def dqn_zoo(learning_rate: float = 2.5e-4, batch_size: int = 32) -> optax.GradientTransformation:
@@ -281,30 +272,13 @@ def efficientnet_timm(
     return optimizer, schedule
 
 
-# --------------------------------------------------------------------------
-# Graves 2013.
-
-
-def graves_2013() -> optax.GradientTransformation:
-    """Graves, *Generating Sequences With Recurrent Neural Networks* (2013), eqs. 38-41.
-
-    Source: arXiv:1308.0850v5, section 4: centered RMSprop with momentum,
-    ``aleph = 0.95`` (decay), ``beth = 0.9`` (momentum), ``gimel = 1e-4``
-    (learning rate, inside the momentum term) and ``daleth = 1e-4`` (inside
-    the root).
-    """
-    return presets.graves_2013(learning_rate=1e-4, decay=0.95, momentum=0.9, epsilon=1e-4)
-
-
 RECIPES: dict[str, Callable[..., object]] = {
-    "dqn_nature_2015": dqn_nature_2015,
     "dqn_zoo": dqn_zoo,
     "dopamine_dqn": dopamine_dqn,
     "impala_torchbeast": impala_torchbeast,
     "impala_cleanba": impala_cleanba,
     "a3c": a3c,
     "efficientnet_timm": efficientnet_timm,
-    "graves_2013": graves_2013,
 }
 
 
@@ -318,14 +292,12 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
     built = {
-        "dqn_nature_2015": (dqn_nature_2015(), None),
         "dqn_zoo": (dqn_zoo(), None),
         "dopamine_dqn": (dopamine_dqn(), None),
         "impala_torchbeast": impala_torchbeast(total_steps=30_000_000),
         "impala_cleanba": impala_cleanba(num_updates=19_531),
         "a3c": a3c(total_updates=16_000_000),
         "efficientnet_timm": efficientnet_timm(steps_per_epoch=1251),
-        "graves_2013": (graves_2013(), None),
     }
     params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
 
