@@ -46,7 +46,7 @@ demo: $(VENV)/.installed-examples
 # with a reason; everything else runs.
 test: $(VENV)/.installed-test+examples
 	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) $(if $(CI),--required)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 torch: | $(BIN)/python
 	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
