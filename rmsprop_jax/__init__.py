@@ -2,8 +2,9 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['FactoredNu', 'ParamRoundingState', 'RMSpropState', '__version__', 'presets',
- 'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding', 'validate_state']
+['FactoredNu', 'ParamRoundingState', 'QuantizedArray', 'RMSpropState', '__version__',
+ 'blockwise_8bit', 'presets', 'rmsprop', 'scale_by_rms', 'shard_state',
+ 'stochastic_param_rounding', 'validate_state']
 """
 
 import rmsprop_jax._versions  # noqa: F401  (first: refuses a JAX or Optax older than supported)
@@ -13,6 +14,7 @@ from rmsprop_jax._checkpoint import validate_state
 from rmsprop_jax._core import RMSpropState
 from rmsprop_jax._factored import FactoredNu
 from rmsprop_jax._param_rounding import ParamRoundingState, stochastic_param_rounding
+from rmsprop_jax._quantized import QuantizedArray, blockwise_8bit
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
@@ -21,8 +23,10 @@ __version__ = "0.2.0"
 __all__ = [
     "FactoredNu",
     "ParamRoundingState",
+    "QuantizedArray",
     "RMSpropState",
     "__version__",
+    "blockwise_8bit",
     "presets",
     "rmsprop",
     "scale_by_rms",

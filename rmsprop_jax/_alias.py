@@ -10,6 +10,7 @@ import optax
 
 from rmsprop_jax import _core
 from rmsprop_jax._config import configure
+from rmsprop_jax._quantized import Blockwise8bit
 
 
 def rmsprop(
@@ -29,8 +30,8 @@ def rmsprop(
     weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
     maximize: bool = False,
     split_complex: bool = False,
-    nu_dtype: jax.typing.DTypeLike | None = None,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
     factored: bool = False,
@@ -79,8 +80,10 @@ def rmsprop(
         function of the parameters returning one; False leaves get no decay.
       maximize: ascend instead of descend.
       split_complex: see :func:`scale_by_rms`.
-      nu_dtype: storage dtype of the second moment.
-      mu_dtype: storage dtype of the mean and the momentum buffer.
+      nu_dtype: storage dtype of the second moment, or
+        :func:`rmsprop_jax.blockwise_8bit` for one byte per parameter.
+      mu_dtype: storage dtype (or :func:`rmsprop_jax.blockwise_8bit`) of the
+        mean and the momentum buffer.
       stochastic_rounding: round narrow-dtype state stochastically (see
         :func:`scale_by_rms`).
       seed: seed of the stochastic rounding.

@@ -18,7 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmsprop_jax import _dtypes, _factored, _numbers, _step, _storage, _trees, _weight_decay
+from rmsprop_jax import (
+    _dtypes,
+    _factored,
+    _numbers,
+    _quantized,
+    _step,
+    _storage,
+    _trees,
+    _weight_decay,
+)
 from rmsprop_jax import _validation as v
 from rmsprop_jax._config import Config
 
@@ -56,13 +65,24 @@ def _init_leaf(cfg: Config, p: Any) -> tuple[Any, Array | None, Array | None]:
     complex_state = jnp.issubdtype(dtype, jnp.complexfloating)
     split = o.split_complex and complex_state
     real = _dtypes.state_dtype(dtype)
-    nu_dtype = o.nu_dtype or real
-    mu_dtype = o.mu_dtype or real
-    if complex_state and not split:
+    # The 8-bit format applies to large leaves; the others keep `real`.
+    eight_bit = lambda fmt: isinstance(fmt, _quantized.Blockwise8bit)
+    nu_dtype = real if o.nu_dtype is None or eight_bit(o.nu_dtype) else o.nu_dtype
+    mu_dtype = real if o.mu_dtype is None or eight_bit(o.mu_dtype) else o.mu_dtype
+    complex_mu = complex_state and not split
+    if complex_mu:
         mu_dtype = _dtypes.complex_of(mu_dtype)
     if split:  # the real and imaginary parts side by side: shape (..., 2)
         p = _trees.split_complex_like(p, real)
         shape = (*shape, 2)
+
+    def make(fmt: Any, value: Any, dtype: jnp.dtype, kind: str, parts: bool) -> Any:
+        if _quantized.uses_blocks(fmt, shape):
+            q = _quantized.init(p, value, fmt, kind, parts)
+            if q is not None:
+                return q
+        return _trees.full_like(p, value, dtype)
+
     axes = None
     if o.factored:
         if o.min_dim_size_to_factor is None:
@@ -74,11 +94,11 @@ def _init_leaf(cfg: Config, p: Any) -> tuple[Any, Array | None, Array | None]:
         axes = _factored.factored_axes(shape, o.min_dim_size_to_factor)
     nu: Any
     if axes is None:
-        nu = _trees.full_like(p, cfg.initial_scale, nu_dtype)
-    else:
+        nu = make(o.nu_dtype, cfg.initial_scale, nu_dtype, "nu", False)
+    else:  # the factors are small: they keep `real` under the 8-bit format
         nu = _factored.init(p, axes, cfg.initial_scale, nu_dtype)
-    mu = _trees.full_like(p, 0, mu_dtype) if o.centered else None
-    trace = _trees.full_like(p, 0, mu_dtype) if o.momentum else None
+    mu = make(o.mu_dtype, 0.0, mu_dtype, "signed", complex_mu) if o.centered else None
+    trace = make(o.mu_dtype, 0.0, mu_dtype, "signed", complex_mu) if o.momentum else None
     return nu, mu, trace
 
 
@@ -102,14 +122,30 @@ def _check_fields(cfg: Config, state: Any) -> None:
             )
 
 
+def _check_quantized(
+    where: str, name: str, x: Any, shape: tuple[int, ...], fmt: Any, parts: bool
+) -> None:
+    problem = _quantized.check(x, (*shape, 2) if parts else shape, fmt)
+    if problem is not None:
+        raise ValueError(
+            f"The optimizer state's `{name}` at {where} does not fit this optimizer: "
+            f"{problem}. Call `init` of this optimizer, or keep the options the state "
+            "was made with."
+        )
+
+
 def _check_leaf_state(
-    path: str, state_shape: tuple[int, ...], nu: Any, mu: Any, trace: Any
+    cfg: Config, path: str, g: Any, state_shape: tuple[int, ...], nu: Any, mu: Any, trace: Any
 ) -> tuple[int, int] | None:
     """Checks one leaf's state against the shape the gradient needs; returns the
     factored axes, or None for a full second moment."""
     where = path or "the root"
     axes = None
-    if hasattr(nu, "shape"):
+    o = cfg.options
+    parts = jnp.iscomplexobj(g) and not o.split_complex  # an 8-bit complex mean's parts
+    if _quantized.is_quantized(nu):
+        _check_quantized(where, "nu", nu, state_shape, o.nu_dtype, False)
+    elif hasattr(nu, "shape"):
         if tuple(nu.shape) != state_shape:
             raise ValueError(
                 f"The gradient at {where} needs optimizer state of shape {state_shape}, but "
@@ -125,7 +161,9 @@ def _check_leaf_state(
                 "tree is not the tree the state was initialised for."
             )
     for name, x in (("mu", mu), ("trace", trace)):
-        if x is not None and (not hasattr(x, "shape") or tuple(x.shape) != state_shape):
+        if x is not None and _quantized.is_quantized(x):
+            _check_quantized(where, name, x, state_shape, o.mu_dtype, parts)
+        elif x is not None and (not hasattr(x, "shape") or tuple(x.shape) != state_shape):
             got = tuple(x.shape) if hasattr(x, "shape") else jax.tree.map(np.shape, x)
             raise ValueError(
                 f"The gradient at {where} needs optimizer state of shape {state_shape}, "
@@ -196,7 +234,7 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
         ):
             split = o.split_complex and jnp.iscomplexobj(g)
             shape = (*g.shape, 2) if split else tuple(g.shape)
-            axes.append(_check_leaf_state(path, shape, nu, mu, tr))
+            axes.append(_check_leaf_state(cfg, path, g, shape, nu, mu, tr))
 
         # Weight decay: each leaf's parameter where it decays, and its mask.
         p_leaves: list[Any] = [None] * n

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from rmsprop_jax import _quantized
+
 Array = jax.Array
 
 
@@ -78,15 +80,19 @@ def compute_dtypes(g_dtype: Any, stored: list[Any]) -> tuple[jnp.dtype, jnp.dtyp
 STATE_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 
-def check_state_dtype(name: str, dtype: Any) -> jnp.dtype | None:
-    """One of float16, bfloat16, float32, float64 (as the dtype); None for None."""
-    if dtype is None:
-        return None
+def check_state_dtype(name: str, dtype: Any) -> Any:
+    """One of float16, bfloat16, float32, float64 (as the dtype), the 8-bit
+    format as given, or None for None."""
+    if dtype is None or isinstance(dtype, _quantized.Blockwise8bit):
+        return dtype
     if isinstance(dtype, (jax.Array, np.ndarray)):
         # optax.inject_hyperparams takes a dtype class for a schedule and passes
         # an array of that dtype: it is the dtype that was meant.
         dtype = dtype.dtype
-    message = f"`{name}` must be one of {', '.join(STATE_DTYPES)} or None, got {dtype!r}."
+    message = (
+        f"`{name}` must be one of {', '.join(STATE_DTYPES)}, "
+        f"`rmsprop_jax.blockwise_8bit(...)` or None, got {dtype!r}."
+    )
     try:
         canonical = jnp.dtype(dtype)
     except TypeError:

@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rmsprop_jax import _dtypes, _factored, _storage, _trees, _weight_decay
+from rmsprop_jax import _dtypes, _factored, _quantized, _storage, _trees, _weight_decay
 from rmsprop_jax._config import Options
 from rmsprop_jax._numbers import Numbers
 
@@ -279,7 +279,55 @@ def dtypes(
     g_dtype = jnp.dtype(g.dtype)
     if opts.split_complex and jnp.issubdtype(g_dtype, jnp.complexfloating):
         g_dtype = _dtypes.real_dtype(g_dtype)  # split into real parts
-    return _dtypes.compute_dtypes(g_dtype, [*jax.tree.leaves(nu), mu, trace])
+    # 8-bit state is computed with in float32 (the stand-in's dtype).
+    f32 = jax.ShapeDtypeStruct((), jnp.float32)
+    stored = [
+        f32 if _quantized.is_quantized(x) else x
+        for x in (*jax.tree.leaves(nu, is_leaf=_quantized.is_quantized), mu, trace)
+    ]
+    return _dtypes.compute_dtypes(g_dtype, stored)
+
+
+def _load(x: Any, fmt: Any, kind: str, complex_dtype: jnp.dtype | None) -> Any:
+    """A stored state leaf as an array to compute with: 8-bit leaves dequantized
+    (to float32; a complex mean's parts merged into ``complex_dtype``)."""
+    if x is None or not _quantized.is_quantized(x):
+        return x
+    values = _quantized.load(x, kind, fmt.block_size)
+    return values if complex_dtype is None else _dtypes.merge_complex(values, complex_dtype)
+
+
+def _quantizer(
+    old: Any, fmt: Any, kind: str, key: Array | None, split: bool
+) -> Callable[[Array], Any]:
+    """Stores a new state value in the 8-bit format of ``old``; returns (stored,
+    the value the step goes on with: the unrounded one)."""
+
+    def keep(x: Array) -> tuple[Any, Array]:
+        parts = _dtypes.split_complex(x) if split else x
+        bits = None if key is None else _storage.hash_bits(key, parts.shape)
+        return _quantized.store(parts, old, kind, fmt.block_size, bits), x
+
+    return keep
+
+
+def _variance_kept(nu: Array, mu: Array) -> Array:
+    r"""What a centered 8-bit state stores in place of :math:`\nu`: the variance
+    :math:`v = \nu - |\mu|^2 \ge 0`, whose moving average obeys
+    :math:`v \leftarrow \rho v + \rho(1-\rho)|g - \mu|^2` exactly.
+
+    The step divides by :math:`v`. Stored as :math:`\nu`, 8-bit rounding of
+    :math:`\nu` (a few percent) would be amplified by :math:`\nu / v` in the
+    difference, and a :math:`\nu` rounded below :math:`|\mu|^2` would make
+    :math:`v = 0` and the step :math:`g/\epsilon`; stored as :math:`v`, the
+    rounding error is relative to :math:`v` itself, and the subtraction is
+    made in float32. Loading adds :math:`|\mu|^2` back."""
+    return jax.lax.max(jax.lax.sub(nu, to_dtype(abs_sq(mu), nu.dtype)), jnp.zeros((), nu.dtype))
+
+
+def _complex_parts(x: Any, g: Array, split: bool) -> bool:
+    """Whether an 8-bit mean or buffer holds a complex value's parts (shape (..., 2))."""
+    return x is not None and _quantized.is_quantized(x) and jnp.iscomplexobj(g) and not split
 
 
 def leaf_step(
@@ -306,6 +354,18 @@ def leaf_step(
         g = _dtypes.split_complex(g)
         p = None if p is None else _dtypes.split_complex(jnp.asarray(p))
         mask = mask if mask is None or jnp.ndim(mask) == 0 else _dtypes.split_complex(mask)
+    # 8-bit state is computed with in float32 and stored again at the end.
+    stored_in = (nu, mu, trace)
+    cplx = _dtypes.complex_of(jnp.dtype(jnp.float32))
+    mu_parts, trace_parts = (_complex_parts(x, g, split) for x in (mu, trace))
+    nu = _load(nu, opts.nu_dtype, "nu", None)
+    mu = _load(mu, opts.mu_dtype, "signed", cplx if mu_parts else None)
+    trace = _load(trace, opts.mu_dtype, "signed", cplx if trace_parts else None)
+    # Centered, an 8-bit nu holds the variance nu - |mu|^2 (see _variance_kept).
+    variance_kept = opts.centered and _quantized.is_quantized(stored_in[0])
+    if variance_kept:
+        assert mu is not None
+        nu = jax.lax.add(nu, to_dtype(abs_sq(mu), nu.dtype))
     real, work = dtypes(opts, g, nu, mu, trace)
 
     keys: list[Array | None] = [None, None, None]
@@ -315,10 +375,22 @@ def leaf_step(
     p = None if p is None else jnp.asarray(p)
     g = effective_gradient(opts, to_dtype(g, work), p, mask, n.wd)
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
-    stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
+    if _quantized.is_quantized(stored_in[0]):
+        keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False)
+        if variance_kept:
+            assert new_mu is not None
+            stored_nu, _ = keep_nu(_variance_kept(new_nu, new_mu))
+        else:
+            stored_nu, new_nu = keep_nu(new_nu)
+    else:
+        stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
     stored_mu = None
     if new_mu is not None and mu is not None:
-        stored_mu, new_mu = _keeper(mu.dtype, keys[1], saturated=True)(new_mu)
+        if _quantized.is_quantized(stored_in[1]):
+            keep_mu = _quantizer(stored_in[1], opts.mu_dtype, "signed", keys[1], mu_parts)
+        else:
+            keep_mu = _keeper(mu.dtype, keys[1], saturated=True)
+        stored_mu, new_mu = keep_mu(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, n, axes, real)
     # |s| needs a clamp unless a full second moment bounds it (_config._facts);
     # one stored in float16 can underflow to 0, which only the centered bound allows.
@@ -329,7 +401,11 @@ def leaf_step(
     if opts.scale_only:
         update = s
     else:
-        keep = _keeper(trace.dtype, keys[2], saturated=True) if trace is not None else None
+        keep = None
+        if _quantized.is_quantized(stored_in[2]):
+            keep = _quantizer(stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts)
+        elif trace is not None:
+            keep = _keeper(trace.dtype, keys[2], saturated=True)
         update, stored_trace = momentum_step(opts, s, trace, n, keep)
     decoupled = p is not None and opts.weight_decay_mode == "decoupled"
     if decoupled:
@@ -348,7 +424,7 @@ def leaf_step(
         update = jnp.where(ok, update, jnp.zeros((), update.dtype))
         stored_nu, stored_mu, stored_trace = (
             None if new is None else jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-            for new, old in ((stored_nu, nu), (stored_mu, mu), (stored_trace, trace))
+            for new, old in zip((stored_nu, stored_mu, stored_trace), stored_in, strict=True)
         )
     if split:
         update = _dtypes.merge_complex(update, out_dtype)

@@ -7,6 +7,7 @@ import optax
 
 from rmsprop_jax import _core
 from rmsprop_jax._config import configure
+from rmsprop_jax._quantized import Blockwise8bit
 
 
 def scale_by_rms(
@@ -18,8 +19,8 @@ def scale_by_rms(
     *,
     centered: bool = False,
     split_complex: bool = False,
-    nu_dtype: jax.typing.DTypeLike | None = None,
-    mu_dtype: jax.typing.DTypeLike | None = None,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
     stochastic_rounding: bool = False,
     seed: int = 0,
     factored: bool = False,
@@ -54,12 +55,14 @@ def scale_by_rms(
         as independent real parameters (PyTorch) instead of sharing one
         :math:`|g|^2` (optax).
       nu_dtype: storage dtype of :math:`\nu`; defaults to the parameter's
-        real dtype promoted to at least float32.
-      mu_dtype: storage dtype of :math:`\mu`, same default.
+        real dtype promoted to at least float32. ``rmsprop_jax.blockwise_8bit()``
+        stores it as 8-bit codes with a float32 scale per block (about one
+        byte per parameter; see :func:`rmsprop_jax.blockwise_8bit`).
+      mu_dtype: storage dtype of :math:`\mu`, same default and choices.
       stochastic_rounding: round state stored in a dtype narrower than the
-        computation (e.g. ``nu_dtype=jnp.bfloat16``) up or down at random so
-        that it is unbiased; round-to-nearest stalls slow averages. Has no
-        effect on state kept at full precision.
+        computation (e.g. ``nu_dtype=jnp.bfloat16``, or the 8-bit codes) up or
+        down at random so that it is unbiased; round-to-nearest stalls slow
+        averages. Has no effect on state kept at full precision.
       seed: seed of the stochastic rounding; with the step count and the leaf
         it fixes every random choice, so runs are reproducible.
       factored: for every leaf whose two largest dimensions are both at least

@@ -75,7 +75,7 @@ def is_trained(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.inexact))
 
 
-def _named_sharding(x: Any) -> NamedSharding | None:
+def named_sharding(x: Any) -> NamedSharding | None:
     """``x``'s NamedSharding where it has one the state can copy: a concrete
     array's or a ShapeDtypeStruct's, or a tracer's under explicit mesh axes."""
     if v.is_traced(x):
@@ -93,7 +93,7 @@ def full_like(x: Any, value: Any, dtype: jnp.dtype, reduced_axis: int | None = N
     """An array shaped like ``x`` (with ``reduced_axis`` of size 1, if given) filled
     with ``value``, carrying ``x``'s sharding (the reduced axis not sharded)."""
     shape, _ = shape_and_dtype(x)
-    sharding = _named_sharding(x)
+    sharding = named_sharding(x)
     if reduced_axis is None and isinstance(x, (jax.Array, np.ndarray)) and is_trained(x.dtype):
         return jnp.full_like(x, value, dtype=dtype)
     if reduced_axis is not None:
@@ -104,6 +104,13 @@ def full_like(x: Any, value: Any, dtype: jnp.dtype, reduced_axis: int | None = N
     if reduced_axis is not None:
         spec[reduced_axis] = None
     return jnp.full(shape, value, dtype, device=NamedSharding(sharding.mesh, PartitionSpec(*spec)))
+
+
+def full(shape: tuple[int, ...], value: Any, dtype: jnp.dtype, sharding: Any) -> Array:
+    """An array of ``shape`` filled with ``value``, with ``sharding`` (None: the default)."""
+    if sharding is None:
+        return jnp.full(shape, value, dtype)
+    return jnp.full(shape, value, dtype, device=sharding)
 
 
 def split_complex_like(x: Any, dtype: jnp.dtype) -> Any:

@@ -20,6 +20,12 @@ preset               eps    nu_0  lr in mom.   weight decay  other
 ``dqn_nature_2015``  in     0     --           --            centered
 ===================  =====  ====  ===========  ============  =========================
 
+Every preset also takes, keyword-only, the storage arguments of
+:func:`rmsprop_jax.rmsprop`: ``nu_dtype``, ``mu_dtype`` (a dtype or
+:func:`rmsprop_jax.blockwise_8bit`), ``stochastic_rounding`` and ``seed``. They
+say how the state is kept, which no original decides; the defaults keep it as
+the original does.
+
 Two deliberate differences from every original: a centered variance that
 rounds below zero is clamped to zero (the originals return NaN there), and a
 zero denominator (``eps=0``, zero history) gives a zero step instead of 0/0.
@@ -38,6 +44,7 @@ import optax
 from rmsprop_jax import _core, _step, _trees
 from rmsprop_jax import _validation as v
 from rmsprop_jax._config import configure
+from rmsprop_jax._quantized import Blockwise8bit
 
 __all__ = [
     "dqn_nature_2015",
@@ -62,6 +69,14 @@ _TENSORFLOW: dict[str, Any] = dict(
 )
 
 
+def _storage(nu_dtype: Any, mu_dtype: Any, stochastic_rounding: bool, seed: Any) -> dict:
+    """The storage arguments every preset takes (keyword-only, after the
+    original's own): how the state is kept, which no original decides."""
+    return dict(
+        nu_dtype=nu_dtype, mu_dtype=mu_dtype, stochastic_rounding=stochastic_rounding, seed=seed
+    )
+
+
 def pytorch(
     lr: optax.ScalarOrSchedule = 1e-2,
     alpha: jax.typing.ArrayLike = 0.99,
@@ -70,6 +85,11 @@ def pytorch(
     momentum: jax.typing.ArrayLike = 0.0,
     centered: bool = False,
     maximize: bool = False,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``torch.optim.RMSprop``.
 
@@ -96,6 +116,7 @@ def pytorch(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=lr,
             decay=alpha,
             eps=eps,
@@ -152,6 +173,11 @@ def keras(
     clipnorm: float | None = None,
     clipvalue: float | None = None,
     global_clipnorm: float | None = None,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``keras.optimizers.RMSprop`` (Keras 3).
 
@@ -188,6 +214,7 @@ def keras(
         v.check_nonnegative(name, clips[name])
     core = _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=rho,
             eps=epsilon,
@@ -221,6 +248,11 @@ def tensorflow_v1(
     momentum: jax.typing.ArrayLike = 0.0,
     epsilon: jax.typing.ArrayLike = 1e-10,
     centered: bool = False,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""``tf.compat.v1.train.RMSPropOptimizer``.
 
@@ -245,6 +277,7 @@ def tensorflow_v1(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=decay,
             eps=epsilon,
@@ -266,6 +299,11 @@ def timm_tf(
     centered: bool = False,
     decoupled_decay: bool = False,
     lr_in_momentum: bool = True,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""timm's ``RMSpropTF`` (PyTorch Image Models, used for EfficientNet).
 
@@ -290,6 +328,7 @@ def timm_tf(
     v.check_static_bool("decoupled_decay", decoupled_decay)
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=lr,
             decay=alpha,
             eps=eps,
@@ -310,6 +349,11 @@ def sonnet(
     momentum: jax.typing.ArrayLike = 0.0,
     epsilon: jax.typing.ArrayLike = 1e-10,
     centered: bool = False,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Sonnet 2's ``snt.optimizers.RMSProp``.
 
@@ -330,6 +374,7 @@ def sonnet(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=decay,
             eps=epsilon,
@@ -345,6 +390,11 @@ def lasagne(
     learning_rate: optax.ScalarOrSchedule = 1.0,
     rho: jax.typing.ArrayLike = 0.9,
     epsilon: jax.typing.ArrayLike = 1e-6,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Lasagne's ``lasagne.updates.rmsprop``.
 
@@ -361,6 +411,7 @@ def lasagne(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=rho,
             eps=epsilon,
@@ -372,6 +423,11 @@ def lasagne(
 def hinton_2012(
     learning_rate: optax.ScalarOrSchedule,
     decay: jax.typing.ArrayLike = 0.9,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""RMSprop as on Hinton's slide (Neural Networks for Machine Learning, lecture 6e).
 
@@ -387,7 +443,14 @@ def hinton_2012(
       >>> from rmsprop_jax import presets
       >>> opt = presets.hinton_2012(0.001)
     """
-    return _core.build(configure(learning_rate=learning_rate, decay=decay, eps=0.0))
+    return _core.build(
+        configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
+            learning_rate=learning_rate,
+            decay=decay,
+            eps=0.0,
+        )
+    )
 
 
 def graves_2013(
@@ -395,6 +458,11 @@ def graves_2013(
     decay: jax.typing.ArrayLike = 0.95,
     momentum: jax.typing.ArrayLike = 0.9,
     epsilon: jax.typing.ArrayLike = 1e-4,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Graves (2013), *Generating Sequences With Recurrent Neural Networks*, eqs. 38-41.
 
@@ -415,6 +483,7 @@ def graves_2013(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=decay,
             eps=epsilon,
@@ -429,6 +498,11 @@ def dqn_nature_2015(
     learning_rate: optax.ScalarOrSchedule = 2.5e-4,
     decay: jax.typing.ArrayLike = 0.95,
     min_squared_gradient: jax.typing.ArrayLike = 0.01,
+    *,
+    nu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    mu_dtype: jax.typing.DTypeLike | Blockwise8bit | None = None,
+    stochastic_rounding: bool = False,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The RMSprop of DQN (Mnih et al., Nature 2015; DeepMind's Lua code).
 
@@ -448,6 +522,7 @@ def dqn_nature_2015(
     """
     return _core.build(
         configure(
+            **_storage(nu_dtype, mu_dtype, stochastic_rounding, seed),
             learning_rate=learning_rate,
             decay=decay,
             eps=min_squared_gradient,
