@@ -408,3 +408,13 @@ def test_nnx_optimizer():
 
     losses = [float(step(model, opt)) for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("kind", ["nu", "signed"])
+def test_decoding_from_bits_is_the_code_map(kind):
+    from rmsprop_jax import _blockwise
+
+    codes = jnp.arange(256, dtype=jnp.uint8)
+    np.testing.assert_array_equal(
+        np.asarray(_quantized.decode(codes, kind)), _blockwise.code_values(kind)
+    )
