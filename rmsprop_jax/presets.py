@@ -239,7 +239,9 @@ def keras(
     else:
         per_array = given[0] == "clipnorm"
         clip = _clip_to_norm(jax.tree.map if per_array else lambda f, tree: f(tree), limit)
-    return _diagnostics.register(optax.chain(clip, core), _diagnostics.config_of(core))
+    cfg = _diagnostics.config_of(core)
+    assert cfg is not None
+    return _diagnostics.register(optax.chain(clip, core), cfg)
 
 
 def tensorflow_v1(
