@@ -2,17 +2,19 @@
 
 >>> import rmsprop_jax
 >>> sorted(rmsprop_jax.__all__)  # doctest: +NORMALIZE_WHITESPACE
-['FactoredNu', 'ParamRoundingState', 'RMSpropState', '__version__', 'presets',
- 'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding', 'validate_state']
+['FactoredNu', 'ParamRoundingState', 'RMSpropState', '__version__', 'migrate', 'presets',
+ 'reset_state', 'rmsprop', 'scale_by_rms', 'shard_state', 'stochastic_param_rounding',
+ 'validate_state']
 """
 
 import rmsprop_jax._versions  # noqa: F401  (first: refuses a JAX or Optax older than supported)
-from rmsprop_jax import presets
+from rmsprop_jax import migrate, presets
 from rmsprop_jax._alias import rmsprop
 from rmsprop_jax._checkpoint import validate_state
 from rmsprop_jax._core import RMSpropState
 from rmsprop_jax._factored import FactoredNu
 from rmsprop_jax._param_rounding import ParamRoundingState, stochastic_param_rounding
+from rmsprop_jax._reset import reset_state
 from rmsprop_jax._sharding import shard_state
 from rmsprop_jax._transform import scale_by_rms
 
@@ -23,7 +25,9 @@ __all__ = [
     "ParamRoundingState",
     "RMSpropState",
     "__version__",
+    "migrate",
     "presets",
+    "reset_state",
     "rmsprop",
     "scale_by_rms",
     "shard_state",
