@@ -338,8 +338,6 @@ def to_torch(
                     "another order, pass `order`; if this one is laid out differently, "
                     "pass `layout`."
                 )
-            entry[key] = torch.from_numpy(np.ascontiguousarray(x)).to(
-                dtype=p.dtype, device=p.device
-            )
+            entry[key] = torch.from_numpy(np.array(x, order="C")).to(dtype=p.dtype, device=p.device)
         new_state[pid] = entry
     return {"state": new_state, "param_groups": copy.deepcopy(sd["param_groups"])}
