@@ -281,7 +281,7 @@ def _check_blocks_follow(state, params):
     assert seen >= 10
 
 
-@pytest.mark.parametrize("kind", [AxisType.Auto])
+@pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
 def test_eight_bit_state_follows_the_shardings_with_no_collectives(kind):
     mesh = _mesh(kind)
     params = _params(mesh)
