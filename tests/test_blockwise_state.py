@@ -428,3 +428,33 @@ def test_decoding_from_bits_is_the_code_map(kind):
     np.testing.assert_array_equal(
         np.asarray(_quantized.decode(codes, kind)), _blockwise.code_values(kind)
     )
+
+
+@pytest.mark.parametrize("x64", [False, True])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32", "float64", "complex64"])
+def test_every_parameter_dtype(dtype, x64):
+    if dtype == "float64" and not x64:
+        pytest.skip("float64 arrays need x64")
+    with jax.enable_x64(x64):
+        rng = np.random.default_rng(0)
+        shape = (64, 80)
+        p = rng.normal(size=shape) + (1j * rng.normal(size=shape) if dtype == "complex64" else 0)
+        params = {"w": jnp.asarray(p, dtype)}
+        opt = rmsprop_jax.rmsprop(
+            0.01, momentum=0.9, centered=True, nu_dtype=EIGHT, mu_dtype=EIGHT
+        )
+        ref = rmsprop_jax.rmsprop(0.01, momentum=0.9, centered=True)
+        state, rstate = opt.init(params), ref.init(params)
+        assert isinstance(state.nu["w"], rmsprop_jax.QuantizedArray)
+        step, rstep = jax.jit(opt.update), jax.jit(ref.update)
+        total = rtotal = 0
+        for t in range(4):
+            g = {"w": jnp.asarray(p * (0.5 + t) * 1e-2, dtype)}
+            u, state = step(g, state, params)
+            r, rstate = rstep(g, rstate, params)
+            assert u["w"].dtype == jnp.dtype(dtype)
+            assert np.all(np.isfinite(np.asarray(u["w"], np.complex128)))
+            total = total + np.asarray(u["w"], np.complex128)
+            rtotal = rtotal + np.asarray(r["w"], np.complex128)
+        gap = np.linalg.norm(total - rtotal) / np.linalg.norm(rtotal)
+        assert gap < 0.1, gap
