@@ -49,9 +49,9 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
 
 
 def parser(
-    description: str, networks: Sequence[str], original: str, steps: int = 1000
+    description: str, networks: Sequence[str] | None, original: str, steps: int = 1000
 ) -> argparse.ArgumentParser:
-    """--steps, --batch-size, --networks, --dtypes, --seed, --out and --no-plot."""
+    """--steps, --batch-size, --networks (unless None), --dtypes, --seed, --out and --no-plot."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument(
         "--steps",
@@ -62,13 +62,14 @@ def parser(
     p.add_argument(
         "--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)"
     )
-    p.add_argument(
-        "--networks",
-        nargs="+",
-        choices=list(networks),
-        default=list(networks),
-        help="the networks to train (default: all)",
-    )
+    if networks is not None:
+        p.add_argument(
+            "--networks",
+            nargs="+",
+            choices=list(networks),
+            default=list(networks),
+            help="the networks to train (default: all)",
+        )
     p.add_argument(
         "--dtypes",
         nargs="+",
@@ -91,12 +92,14 @@ def parser(
     return p
 
 
-def run_all(args: argparse.Namespace, compare: Callable[[str, str], dict]) -> dict:
-    """``compare(network, dtype)`` for every network and precision asked for, each
-    with float64 on in JAX where the run is in float64 (JAX computes in float32
-    unless it is switched on)."""
+def run_all(
+    args: argparse.Namespace, compare: Callable[[str, str], dict], names: Sequence[str] = ()
+) -> dict:
+    """``compare(name, dtype)`` for every name (by default the networks asked
+    for) and precision, each with float64 on in JAX where the run is in
+    float64 (JAX computes in float32 unless it is switched on)."""
     results: dict[str, dict[str, dict]] = {}
-    for name in args.networks:
+    for name in names or args.networks:
         for dtype in args.dtypes:
             with jax.enable_x64(dtype == "float64"):
                 results.setdefault(name, {})[dtype] = compare(name, dtype)

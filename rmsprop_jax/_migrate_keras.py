@@ -163,23 +163,19 @@ def from_keras(
     import keras
 
     _check(optimizer)
-    settings = _settings(optimizer)
-    shape = dict(
-        settings,
-        learning_rate=0.0,
-        momentum=0.5 if settings["momentum"] > 0 else 0.0,
-        weight_decay=None,
-    )
-    full = presets.keras(**shape).init(params)
-    template, replace = _migrate.find_state(full)
+    # The state's structure: its fields (momentum, centered) and, with clipping,
+    # the chain around it. The numbers are the preset's business, not the state's.
+    structure = {name: getattr(optimizer, name) for name in _CLIPS}
+    structure.update(momentum=0.5 if optimizer.momentum > 0 else 0.0, centered=optimizer.centered)
+    template, replace = _migrate.find_state(presets.keras(**structure).init(params))
     leaves = _migrate.Leaves(params)
     count = _migrate.check_count(
         keras.ops.convert_to_numpy(optimizer.iterations.value), "The Keras optimizer's `iterations`"
     )
     fields: dict[str, list[Any]] = {name: [None] * len(leaves) for name in _FIELDS}
-    variables = list(optimizer._trainable_variables) if optimizer.built else []
-    if not optimizer.built:
-        return replace(_migrate.fill(template, leaves, fields, count, lambda n, j: ""))
+    if not optimizer.built:  # no step taken: nothing to move but the count
+        return replace(_migrate.fill(template, leaves, fields, count, lambda name, j: ""))
+    variables = list(optimizer._trainable_variables)
     positions = _migrate.arrange(leaves, order, len(variables), "The Keras optimizer")
     fns = _migrate.layouts(leaves, layout)
     for name, (attribute, _) in _FIELDS.items():

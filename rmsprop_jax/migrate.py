@@ -7,13 +7,13 @@ other instead of restarting. Restarting loses the second moment
 about :math:`1/\sqrt{1-\rho}` times (10 times at :math:`\rho = 0.99`) larger
 than the run's, and the loss jumps (``docs/migrating.md`` measures it).
 
-=======================================  ========================  ==================
-original                                 into rmsprop_jax          back
-=======================================  ========================  ==================
-``torch.optim.RMSprop``                  :func:`from_torch`        :func:`to_torch`
-``keras.optimizers.RMSprop`` (Keras 3)   :func:`from_keras`        :func:`to_keras`
-``tf.compat.v1.train.RMSPropOptimizer``  :func:`from_tf1`          --
-=======================================  ========================  ==================
+========================================  =====================  ================
+original                                  into rmsprop_jax       back
+========================================  =====================  ================
+``torch.optim.RMSprop``                   :func:`from_torch`     :func:`to_torch`
+``keras.optimizers.RMSprop`` (Keras 3)    :func:`from_keras`     :func:`to_keras`
+``tf.compat.v1.train.RMSPropOptimizer``   :func:`from_tf1`       --
+========================================  =====================  ================
 
 Each ``from_*`` returns the state of the matching preset
 (:func:`~rmsprop_jax.presets.pytorch`, :func:`~rmsprop_jax.presets.keras`,
@@ -22,14 +22,14 @@ arguments, which :func:`pytorch_kwargs` and :func:`keras_kwargs` read off the
 optimizer. The state maps field for field, the momentum buffer negated because
 :class:`~rmsprop_jax.RMSpropState` keeps it with the update's sign:
 
-============  ==================  ======================  ================
-field         PyTorch             Keras 3                 TensorFlow 1
-============  ==================  ======================  ================
-``count``     ``step``            ``iterations``          (the global step)
-``nu``        ``square_avg``      ``velocity``            ``rms``
-``mu``        ``grad_avg``        ``average_gradient``    ``mg``
-``trace``     ``-momentum_buffer``  ``-momentum``         ``-momentum``
-============  ==================  ======================  ================
+============  ======================  ======================  =================
+field         PyTorch                 Keras 3                 TensorFlow 1
+============  ======================  ======================  =================
+``count``     ``step``                ``iterations``          the global step
+``nu``        ``square_avg``          ``velocity``            ``rms``
+``mu``        ``grad_avg``            ``average_gradient``    ``mg``
+``trace``     ``-momentum_buffer``    ``-momentum``           ``-momentum``
+============  ======================  ======================  =================
 
 The original's flat list of parameters is matched to the leaves of the JAX
 parameter tree by ``order`` (leaf paths in the original's order; by default

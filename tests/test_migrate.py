@@ -13,6 +13,7 @@ transpose of PyTorch's weight, and ``jax.tree.leaves`` order (alphabetical)
 is not the original's, so ``order`` and ``layout`` are exercised throughout.
 """
 
+import subprocess
 import sys
 
 import jax
@@ -551,3 +552,13 @@ def test_from_tf1_errors(x64):
     # With momentum 0 TensorFlow 1 still keeps a momentum slot; it is not read.
     state = migrate.from_tf1({"rms": rms, "momentum": rms}, params)
     assert state.trace is None
+
+
+def test_the_library_imports_no_framework():
+    """torch and Keras are imported inside the converters only, TensorFlow never."""
+    code = (
+        "import sys, rmsprop_jax; from rmsprop_jax import migrate; "
+        "print(sorted(m for m in ('torch', 'keras', 'tensorflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
