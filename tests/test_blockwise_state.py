@@ -458,3 +458,19 @@ def test_every_parameter_dtype(dtype, x64):
             rtotal = rtotal + np.asarray(r["w"], np.complex128)
         gap = np.linalg.norm(total - rtotal) / np.linalg.norm(rtotal)
         assert gap < 0.1, gap
+
+
+def test_reset_state_on_eight_bit_leaves():
+    params = _params()
+    opt = _opt(centered=True)
+    _, state = _run(opt, params, _grads(params, 3))
+    fresh = opt.init(params)
+    reset = rmsprop_jax.reset_state(opt, state, params, {"w": True, "conv": False, "b": True})
+    assert int(reset.count) == 3
+    for field in ("nu", "mu", "trace"):
+        for name in params:
+            got, old, new = (getattr(s, field)[name] for s in (reset, state, fresh))
+            want = new if name in ("w", "b") else old
+            for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert isinstance(reset.nu["w"], rmsprop_jax.QuantizedArray)
