@@ -49,18 +49,19 @@ Run:  python examples/port_from_pytorch.py [--steps 1000] [--out port_output]
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
+import sys
 import time
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))  # for _port_common
+
+import _port_common as common
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import torch
 from flax import nnx
-from sklearn.datasets import load_digits
 from tqdm import tqdm
 
 from rmsprop_jax import presets
@@ -88,26 +89,6 @@ def lr_schedule(count: jax.Array) -> jax.Array:
     """
     t = jnp.asarray(count, float)  # float64 when float64 is on, else float32
     return HYPERPARAMETERS["lr"] * (jnp.minimum(1.0, (t + 1) / WARMUP) / (1.0 + t / DECAY))
-
-
-# --------------------------------------------------------------------------
-# Data: the digits scaled to [0, 1], and one fixed sequence of batches.
-
-
-def load_data() -> tuple[np.ndarray, np.ndarray]:
-    x, y = load_digits(return_X_y=True)
-    return x / 16.0, y.astype(np.int64)
-
-
-def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
-    """The examples of each of ``steps`` batches, shape (steps, batch_size):
-    shuffled epochs without their last partial batch, as a
-    ``DataLoader(shuffle=True, drop_last=True)`` makes them."""
-    rng = np.random.default_rng(seed)
-    per_epoch = n // batch_size
-    epochs = -(-steps // per_epoch)
-    order = np.concatenate([rng.permutation(n)[: per_epoch * batch_size] for _ in range(epochs)])
-    return order[: steps * batch_size].reshape(steps, batch_size)
 
 
 # --------------------------------------------------------------------------
@@ -260,101 +241,35 @@ def compare(name: str, dtype: str, x, y, batches, seed: int) -> dict:
     jax_losses = train_jax(model, x, y, batches, jnp.dtype(dtype), f"{name} {dtype} jax")
     jax_s = time.perf_counter() - start
 
-    relative = np.abs(jax_losses - torch_losses) / np.abs(torch_losses)
-    above = np.flatnonzero(relative > 1e-3)
     return {
         "torch_losses": torch_losses,
         "jax_losses": jax_losses,
-        "relative_difference": relative,
-        # Steps before the first relative difference above 1e-3 (all of them if none).
-        "steps_within_1e-3": int(above[0]) if len(above) else len(relative),
+        **common.relative_difference(jax_losses, torch_losses),
         "torch_s": torch_s,
         "jax_s": jax_s,
     }
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(results), 2, figsize=(12, 4.2 * len(results)), squeeze=False)
-    for (ax_loss, ax_diff), (name, by_dtype) in zip(axes, results.items()):
-        for dtype, r in by_dtype.items():
-            steps = np.arange(1, len(r["torch_losses"]) + 1)
-            ax_loss.plot(steps, r["torch_losses"], lw=2.5, alpha=0.5, label=f"torch, {dtype}")
-            ax_loss.plot(steps, r["jax_losses"], lw=0.8, label=f"rmsprop_jax, {dtype}")
-            # A log scale cannot show 0 (exact agreement): it is drawn at 1e-18.
-            relative = np.maximum(r["relative_difference"], 1e-18)
-            ax_diff.semilogy(steps, relative, lw=0.8, label=dtype)
-        ax_loss.set_yscale("log")
-        ax_loss.set_xlabel("step")
-        ax_loss.set_ylabel("training loss of the batch")
-        ax_loss.set_title(f"{name}: torch.optim.RMSprop vs presets.pytorch")
-        ax_loss.legend()
-        ax_loss.grid(alpha=0.3)
-        ax_diff.axhline(1e-9, color="gray", ls=":", lw=1, label="1e-9")
-        ax_diff.set_xlabel("step")
-        ax_diff.set_ylabel("|loss_jax - loss_torch| / loss_torch")
-        ax_diff.set_title(f"{name}: relative difference (0 drawn at 1e-18)")
-        ax_diff.legend()
-        ax_diff.grid(alpha=0.3, which="both")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    title = "torch.optim.RMSprop vs presets.pytorch"
+    common.plot_comparison(results, path, key="torch", label="torch", title=title)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--steps", type=int, default=1000, help="training steps of every run (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=64, help="examples per batch (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--networks",
-        nargs="+",
-        choices=list(NETWORKS),
-        default=list(NETWORKS),
-        help="the networks to port (default: both)",
-    )
-    parser.add_argument(
-        "--dtypes",
-        nargs="+",
-        choices=["float64", "float32"],
-        default=["float64", "float32"],
-        help="the precisions to run each network in (default: both)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seeds torch's initial weights and the batch order (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--out",
-        default="port_output",
-        help="folder for the PNG and the JSON (default: %(default)s)",
-    )
-    parser.add_argument("--no-plot", action="store_true", help="write the JSON but no PNG")
+    parser = common.parser(__doc__.splitlines()[0], NETWORKS, "torch")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # networks this small run fastest on one thread
 
-    x, y = load_data()
-    batches = batch_indices(len(x), args.batch_size, args.steps, args.seed)
+    x, y = common.load_data(np.int64)
+    batches = common.batch_indices(len(x), args.batch_size, args.steps, args.seed)
     print(f"{len(x)} digits, {args.steps} batches of {args.batch_size}.")
     print(f"torch.optim.RMSprop({', '.join(f'{k}={v}' for k, v in HYPERPARAMETERS.items())})")
     print(f"  with LambdaLR: linear warm-up over {WARMUP} steps, then 1 / (1 + t / {DECAY});")
     print("rmsprop_jax.presets.pytorch with the same arguments and the schedule in optax form.")
 
-    results: dict[str, dict[str, dict]] = {}
-    for name in args.networks:
-        for dtype in args.dtypes:
-            # JAX computes in float32 unless float64 is switched on.
-            with jax.enable_x64(dtype == "float64"):
-                results.setdefault(name, {})[dtype] = compare(name, dtype, x, y, batches, args.seed)
+    results = common.run_all(
+        args, lambda name, dtype: compare(name, dtype, x, y, batches, args.seed)
+    )
 
     print(
         f"\n{'network':<9}{'dtype':<9}{'final loss torch':>18}{'final loss jax':>18}"
@@ -368,8 +283,6 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{r['torch_s']:>9.1f}{r['jax_s']:>7.1f}"
             )
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {
         "steps": args.steps,
         "batch_size": args.batch_size,
@@ -391,12 +304,8 @@ def main(argv: list[str] | None = None) -> dict:
             for name, by_dtype in results.items()
         },
     }
-    written = [out / "port_from_pytorch.json"]
-    written[0].write_text(json.dumps(summary, indent=1))
-    if not args.no_plot:
-        plot(results, out / "port_from_pytorch.png")
-        written.append(out / "port_from_pytorch.png")
-    print("\nWrote " + " and ".join(map(str, written)))
+    draw = None if args.no_plot else lambda path: plot(results, path)
+    common.write(args.out, "port_from_pytorch", summary, draw)
     return results
 
 

@@ -6,48 +6,52 @@ the same shape and one float32 scale per block, shape ``(..., nb)``:
 
 .. math::
 
-  \hat x_{kj} = v_{c_{kj}}\, s_k
+  \hat x_{kj} = v_{c_{kj}}\, s_k, \qquad s_k = a_k / v_{255}
 
 where :math:`v_0 \le v_1 \le \dots \le v_{255}` is the kind's code map
-(:func:`code_values`) and :math:`s_k` the block's scale. Quantizing picks, for
-each element, the code of :math:`y = x / s_k` among the two neighbouring map
-values :math:`v_i \le y \le v_{i+1}`: the nearest one (round-to-nearest), or
-the upper one with probability :math:`p = (y - v_i) / (v_{i+1} - v_i)`
-(stochastic rounding), which makes :math:`E[\hat x] = x`.
+(:func:`code_values`) and :math:`a_k` the block's largest finite magnitude (or
+an upper bound of it given by the caller), so that the block's largest element
+lands on the top code. Quantizing picks, for each element, one of the two map
+values around :math:`y = x / s_k`, :math:`v_i \le y \le v_{i+1}`: the nearest
+one (round-to-nearest), or the upper one with probability
+:math:`p = (y - v_i) / (v_{i+1} - v_i)` (stochastic rounding), which makes
+:math:`E[\hat x] = x`.
 
 Two kinds of quantity are stored:
 
 ``"nu"``
-  the second moment, non-negative and spanning many orders of magnitude within
-  a block. Its map is an unsigned 8-bit float with 5 exponent and 3 mantissa
-  bits (bias 31) and gradual underflow: 0, then :math:`m\,2^{-33}` for
+  the second moment, non-negative and spanning orders of magnitude within a
+  block. Its map is an unsigned 8-bit float with 5 exponent and 3 mantissa bits
+  (E5M3, bias 31) with gradual underflow: 0, then :math:`m\,2^{-33}` for
   :math:`m = 1..7`, then :math:`(1 + m/8)\,2^{e - 31}` for :math:`e = 1..31`,
-  :math:`m = 0..7`, up to 1.875. Every value from :math:`2^{-30}` of the top of
-  the map upwards is kept to a relative error of 1/16 (round-to-nearest).
+  :math:`m = 0..7`, up to 1.875. Every value down to :math:`2^{-31}` of the
+  block's largest is kept to a relative error of at most 1/16
+  (round-to-nearest). A positive value never becomes 0: below the smallest
+  positive code it is stored as that code (an overestimate, so the step it
+  divides gets smaller, never larger).
 ``"signed"``
-  a mean or momentum buffer, symmetric around an exact 0. Its map is a
-  sign-magnitude 8-bit float with 4 exponent and 3 mantissa bits (bias 15):
-  magnitudes 0, :math:`m\,2^{-17}` (:math:`m = 1..7`), then
-  :math:`(1 + m/8)\,2^{e - 15}` up to 1.875, with code :math:`128 + s` for the
-  signed magnitude index :math:`s \in [-127, 127]`. Code 0 repeats code 1's
-  value (-1.875) and is never produced, so that the map is its own mirror
+  a mean or momentum buffer, symmetric around an exact 0: a sign and the
+  magnitude in E4M3 (bias 15): 0, :math:`m\,2^{-17}` (:math:`m = 1..7`), then
+  :math:`(1 + m/8)\,2^{e - 15}` up to 1.875; code :math:`128 + s` stands for
+  the signed magnitude index :math:`s \in [-127, 127]`. Code 0 repeats code
+  1's value (-1.875) and is never produced, so that the map is its own mirror
   image.
 
-The scale of a block is a power of two: the smallest :math:`s = 2^k` with
-:math:`-126 \le k \le 127` such that the block's largest finite magnitude
-:math:`a` satisfies :math:`a \le 1.875\, s`. Dividing by a power of two is
-exact, so :math:`y` carries no rounding error of its own, and the largest
-element of a block is stored with the map's relative precision (exactly when
-it is a map value times :math:`s`). At the top of float32 (:math:`a > 1.875 \cdot
-2^{127}`) the scale stops at :math:`2^{127}` and the largest magnitudes saturate
-to the top code (an error of at most 6.25%, biased). An all-zero block gets
-the scale :math:`2^{-126}` and the code of 0.
+The codes are computed on float32 bit fields (the exponent and top mantissa
+bits of :math:`y` are the code), not by searching the map, so a quantize or
+dequantize is a few integer operations per element that XLA fuses into the
+surrounding update.
+
+The scale is kept between :math:`2^{-126}` and :math:`\mathrm{FLT\_MAX}/v_{255}`,
+so it and its reciprocal are normal float32 numbers whatever the input. An
+all-zero block gets the scale :math:`2^{-126}` and the code of 0.
 
 Non-finite input never spreads to the rest of its block: the scale comes from
-the finite elements only. ``+inf`` is stored as the top code (1.875 s),
-``-inf`` as the bottom one (``"signed"``; ``"nu"`` stores negative input as 0,
-``-inf`` included); NaN is stored as the top code for ``"nu"`` (the most
-conservative second moment: the smallest step) and as 0 for ``"signed"``.
+the finite elements only (a non-finite ``absmax`` counts as the float32
+maximum). ``+inf`` is stored as the top code, ``-inf`` as the bottom one
+(``"signed"``; ``"nu"`` stores negative input, ``-inf`` included, as 0); NaN is
+stored as the top code for ``"nu"`` (the most conservative second moment: the
+smallest step) and as 0 for ``"signed"``.
 
 Everything here is traced JAX with static shapes: it runs under ``jit`` and
 ``vmap``, with no host callback, on empty arrays too.
@@ -56,6 +60,7 @@ Everything here is traced JAX with static shapes: it runs under ``jit`` and
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +69,9 @@ import numpy as np
 Array = jax.Array
 
 KINDS = ("nu", "signed")
+
+_FMAX = float(np.finfo(np.float32).max)
+_TINY = 2.0**-126
 
 
 def _minifloat(exponent_bits: int, mantissa_bits: int, bias: int) -> np.ndarray:
@@ -75,29 +83,98 @@ def _minifloat(exponent_bits: int, mantissa_bits: int, bias: int) -> np.ndarray:
     return np.where(e == 0, f * 2.0 ** (1 - bias), (1 + f) * 2.0 ** (e - bias))
 
 
-@dataclasses.dataclass(frozen=True)
+# --- the bit-level codec of an unsigned float with M mantissa bits -------------
+
+
+def _f32_bits(x: Array) -> Array:
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+
+
+def _encode_magnitude(y: Array, m: int, bias: int, top: int, bits: Array | None) -> Array:
+    r"""The pattern (an int32 in [0, top]) of ``y >= 0`` in an unsigned float
+    with ``m`` mantissa bits and exponent bias ``bias``.
+
+    Above the smallest normal value :math:`2^{1-b}` a pattern is the float32
+    exponent, rebiased, and the top ``m`` mantissa bits: adding half a unit
+    of the dropped bits (or ``23 - m`` random bits) before truncating rounds to
+    nearest (or stochastically: within a binade a value is linear in its bits,
+    so the chance of rounding up is the fraction of the gap covered). Below it
+    the grid is linear, :math:`P = \lfloor y\,2^{b - 1 + m} + u \rfloor` with
+    :math:`u = 1/2` or uniform. Values past the top (inf included) give
+    ``top``; NaN gives an arbitrary pattern the caller replaces."""
+    drop = 23 - m
+    raw = _f32_bits(y)
+    if bits is None:
+        raw = raw + jnp.uint32(1 << (drop - 1))
+        u = jnp.float32(0.5)
+    else:
+        raw = raw + (bits & jnp.uint32((1 << drop) - 1))
+        u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    normal = (raw >> drop).astype(jnp.int32) - ((127 - bias) << m)
+    sub = jnp.floor(y * jnp.float32(2.0 ** (bias - 1 + m)) + u).astype(jnp.int32)
+    small = y < jnp.float32(2.0 ** (1 - bias))
+    return jnp.clip(jnp.where(small, sub, normal), 0, top)
+
+
+def _decode_magnitude(p: Array, m: int, bias: int) -> Array:
+    """The value of pattern ``p`` (int32, non-negative): the inverse of
+    :func:`_encode_magnitude`."""
+    normal = jax.lax.bitcast_convert_type(
+        (p + ((127 - bias) << m)).astype(jnp.uint32) << (23 - m), jnp.float32
+    )
+    sub = p.astype(jnp.float32) * jnp.float32(2.0 ** (1 - bias - m))
+    return jnp.where(p < (1 << m), sub, normal)
+
+
+def _encode_e5m3(y: Array, bits: Array | None) -> Array:
+    return _encode_magnitude(jnp.maximum(y, jnp.float32(0)), 3, 31, 255, bits)
+
+
+def _decode_e5m3(codes: Array) -> Array:
+    return _decode_magnitude(codes.astype(jnp.int32), 3, 31)
+
+
+def _encode_e4m3_signed(y: Array, bits: Array | None) -> Array:
+    p = _encode_magnitude(jnp.abs(y), 3, 15, 127, bits)
+    return 128 + jnp.where(y < 0, -p, p)
+
+
+def _decode_e4m3_signed(codes: Array) -> Array:
+    s = codes.astype(jnp.int32) - 128
+    mag = _decode_magnitude(jnp.minimum(jnp.abs(s), 127), 3, 15)
+    return jnp.where(s < 0, -mag, mag)
+
+
+# --- code maps ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class CodeMap:
-    """A code map: ``values`` (256 sorted float32), whether it is ``signed``,
-    how a block's scale is chosen (``"pow2"`` or ``"absmax"``), the lowest code
-    quantizing produces, and the code NaN is stored as."""
+    """A code map: its 256 sorted float32 ``values``; the lowest code
+    quantizing produces; the code NaN is stored as; whether a positive input
+    is kept off 0 (``floor_positive``); and, for the built-in maps, the
+    bit-level ``encode(y, bits) -> int32 code`` and ``decode(codes) -> values``
+    that replace the search of ``values``. Compared and hashed by identity
+    (it holds an array), so it can be a static argument."""
 
     name: str
     values: np.ndarray
-    signed: bool
-    scale_rule: str
-    lowest: int
-    nan_code: int
+    lowest: int = 0
+    nan_code: int = 255
+    floor_positive: bool = False
+    encode: Callable[[Array, Array | None], Array] | None = None
+    decode: Callable[[Array], Array] | None = None
 
 
 def _e5m3() -> CodeMap:
     values = _minifloat(5, 3, 31).astype(np.float32)
-    return CodeMap("e5m3", values, signed=False, scale_rule="pow2", lowest=0, nan_code=255)
+    return CodeMap("e5m3", values, 0, 255, True, _encode_e5m3, _decode_e5m3)
 
 
 def _e4m3_signed() -> CodeMap:
     mags = _minifloat(4, 3, 15)  # 128 magnitudes, the last 1.875
     values = np.concatenate([[-mags[127]], -mags[:0:-1], mags]).astype(np.float32)
-    return CodeMap("e4m3_signed", values, signed=True, scale_rule="pow2", lowest=1, nan_code=128)
+    return CodeMap("e4m3_signed", values, 1, 128, False, _encode_e4m3_signed, _decode_e4m3_signed)
 
 
 _MAPS: dict[str, CodeMap] = {"nu": _e5m3(), "signed": _e4m3_signed()}
@@ -117,40 +194,16 @@ def code_values(kind: str) -> np.ndarray:
     return code_map(kind).values.copy()
 
 
-def _f32_bits(x: Array) -> Array:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32)
+def stored_max(scales: Array, kind: str) -> Array:
+    """The largest magnitude a block of ``kind`` with these scales can hold,
+    :math:`v_{255}\\, s`: an upper bound of its dequantized elements, from
+    which a caller can bound the next step's block maxima without reducing
+    them (for example :math:`d\\,v_{255} s + (1 - d) \\max_j g_j^2` for
+    :math:`\\nu \\leftarrow d\\,\\nu + (1 - d)\\, g^2`)."""
+    return scales * jnp.float32(code_map(kind).values[-1])
 
 
-def _pow2_scale(absmax: Array, top: float) -> Array:
-    r"""The smallest :math:`2^k`, :math:`-126 \le k \le 127`, with
-    ``absmax <= top * 2**k``, for ``absmax >= 0`` (NaN counts as 0, inf as the
-    float32 maximum), from the float32 bit fields: with
-    :math:`a = 2^{e_a}(1 + m_a)` and :math:`t = 2^{e_t}(1 + m_t)`,
-    :math:`k = e_a - e_t + [m_a > m_t]`."""
-    t = int(np.float32(top).view(np.uint32))
-    a = _f32_bits(absmax).astype(jnp.int32)
-    biased = (a >> 23) - ((t >> 23) - 127) + ((a & 0x7FFFFF) > (t & 0x7FFFFF)).astype(jnp.int32)
-    biased = jnp.where(jnp.isnan(absmax), 1, jnp.clip(biased, 1, 254))
-    return jax.lax.bitcast_convert_type(biased << 23, jnp.float32)
-
-
-def _divide_by_pow2(x: Array, scales: Array) -> Array:
-    """``x / scales[..., None]`` for power-of-two ``scales``, exactly, on the bit
-    fields: the exponent of ``x`` drops by that of the scale. A result below
-    float32's smallest normal number is 0 (of ``x``'s sign), one above its
-    largest is inf, as are infinite ``x`` (NaN stays NaN). Division by a
-    broadcast scale is not used because XLA rewrites it as multiplication by a
-    reciprocal, which is 0 on a backend that flushes subnormals (2**-127)."""
-    bits = _f32_bits(x)
-    k_plus_127 = (_f32_bits(scales) >> 23)[..., None]  # 1..254
-    exponent = ((bits >> 23) & 0xFF).astype(jnp.int32)
-    e_y = exponent - k_plus_127.astype(jnp.int32) + 127
-    shifted = bits + ((254 - k_plus_127) << 23) - jnp.uint32(127 << 23)
-    sign = bits & jnp.uint32(0x80000000)
-    out = jnp.where(e_y < 1, sign, shifted)
-    out = jnp.where((e_y > 254) | (exponent == 255), sign | jnp.uint32(0x7F800000), out)
-    y = jax.lax.bitcast_convert_type(out, jnp.float32)
-    return jnp.where(jnp.isnan(x), x, y)
+# --- quantize and dequantize ----------------------------------------------------
 
 
 def block_absmax(x: Array) -> Array:
@@ -159,11 +212,31 @@ def block_absmax(x: Array) -> Array:
     return jnp.max(finite, axis=-1, initial=np.float32(0))
 
 
-def scales_from_absmax(absmax: Array, cmap: CodeMap) -> Array:
-    """The scales of blocks whose largest finite magnitudes are at most ``absmax``."""
-    if cmap.scale_rule == "pow2":
-        return _pow2_scale(absmax, float(cmap.values[-1]))
-    return absmax
+def _largest_scale(top: float) -> np.float32:
+    """The largest float32 ``s`` with ``top * s`` at most FLT_MAX in float32."""
+    s = np.float32(_FMAX / top)
+    while np.float32(top) * s > np.float32(_FMAX) or not np.isfinite(np.float32(top) * s):
+        s = np.nextafter(s, np.float32(0))
+    return s
+
+
+def _scales(absmax: Array, top: float) -> Array:
+    """``absmax / top``, kept in [2**-126, FLT_MAX / top] (non-finite
+    ``absmax`` counts as FLT_MAX)."""
+    a = jnp.where(jnp.isfinite(absmax), absmax, jnp.float32(_FMAX))
+    return jnp.clip(a / jnp.float32(top), jnp.float32(_TINY), _largest_scale(top))
+
+
+def _divide(x: Array, scales: Array) -> Array:
+    """``x / scales[..., None]`` as two multiplications by normal float32
+    numbers: XLA turns a division by a broadcast value into a multiplication
+    by its reciprocal, which is subnormal (flushed to 0 on CPUs) for scales
+    above 2**126; such blocks are first multiplied by 2**-8 (an element that
+    this takes below the normal range is far below the map's range)."""
+    big = scales > jnp.float32(2.0**100)
+    pre = jnp.where(big, jnp.float32(2.0**-8), jnp.float32(1))
+    inv = jnp.float32(1) / (scales * pre)
+    return (x * pre[..., None]) * inv[..., None]
 
 
 def _check(x: Array, bits: Array | None) -> None:
@@ -179,39 +252,50 @@ def _check(x: Array, bits: Array | None) -> None:
         )
 
 
-def _uniform(bits: Array) -> Array:
-    """A uniform float32 in [0, 1) from the top 24 of 32 random bits."""
-    return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
-
-
-def quantize_with(
-    x: Array, cmap: CodeMap, bits: Array | None = None, absmax: Array | None = None
-) -> tuple[Array, Array]:
-    """:func:`quantize` with any :class:`CodeMap`, by a search of its sorted
-    values (the benchmarks compare maps with it)."""
-    x = jnp.asarray(x)
-    _check(x, bits)
-    scales = scales_from_absmax(block_absmax(x) if absmax is None else absmax, cmap)
-    if cmap.scale_rule == "pow2":
-        y = _divide_by_pow2(x, scales)
-    else:
-        s = scales[..., None]
-        y = x / jnp.where(s > 0, s, jnp.float32(1))
+def _search(y: Array, cmap: CodeMap, bits: Array | None) -> Array:
+    """The code of ``y`` by a search of the map's sorted values."""
     table = cmap.values[cmap.lowest :]
-    y = jnp.clip(y, table[0], table[-1])  # saturates +-inf; negative "nu" input becomes 0
+    y = jnp.clip(y, table[0], table[-1])  # saturates +-inf; negative input to an unsigned map: 0
     t = jnp.asarray(table)
     i = jnp.clip(jnp.searchsorted(t, y, side="right") - 1, 0, table.size - 2)
     lo, hi = t[i], t[i + 1]
-    # nearest (ties to the lower code), or up with probability (y - lo) / (hi - lo)
-    up = (y - lo) > (hi - y) if bits is None else _uniform(bits) < (y - lo) / (hi - lo)
-    codes = (i + up.astype(i.dtype) + cmap.lowest).astype(jnp.uint8)
-    codes = jnp.where(jnp.isnan(x), jnp.uint8(cmap.nan_code), codes)
+    if bits is None:  # nearest; a tie goes to the lower code
+        up = (y - lo) > (hi - y)
+    else:
+        up = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24) < (y - lo) / (hi - lo)
+    return i + up.astype(i.dtype) + cmap.lowest
+
+
+def quantize_with(
+    x: Array,
+    cmap: CodeMap,
+    bits: Array | None = None,
+    absmax: Array | None = None,
+    *,
+    search: bool = False,
+) -> tuple[Array, Array]:
+    """:func:`quantize` with any :class:`CodeMap`; ``search=True`` searches the
+    map's values even where a bit-level codec exists (a reference for tests)."""
+    x = jnp.asarray(x)
+    _check(x, bits)
+    a = block_absmax(x) if absmax is None else jnp.asarray(absmax, jnp.float32)
+    scales = _scales(a, float(cmap.values[-1]))
+    y = _divide(x, scales)
+    codes = _search(y, cmap, bits) if search or cmap.encode is None else cmap.encode(y, bits)
+    if cmap.floor_positive:
+        codes = jnp.where(x > 0, jnp.maximum(codes, 1), codes)
+    codes = jnp.where(jnp.isnan(x), cmap.nan_code, codes).astype(jnp.uint8)
     return codes, scales
 
 
-def dequantize_with(codes: Array, scales: Array, cmap: CodeMap) -> Array:
-    """:func:`dequantize` with any :class:`CodeMap`: a table look-up."""
-    return jnp.asarray(cmap.values)[codes.astype(jnp.int32)] * scales[..., None]
+def dequantize_with(codes: Array, scales: Array, cmap: CodeMap, *, search: bool = False) -> Array:
+    """:func:`dequantize` with any :class:`CodeMap` (``search=True``: by a
+    look-up in its values even where a bit-level codec exists)."""
+    if search or cmap.decode is None:
+        values = jnp.asarray(cmap.values)[codes.astype(jnp.int32)]
+    else:
+        values = cmap.decode(codes)
+    return values * scales[..., None]
 
 
 def quantize(
@@ -221,24 +305,26 @@ def quantize(
 
     .. math::
 
-      s_k = \min\{2^j : a_k \le 1.875\cdot 2^j\},\quad
+      s_k = a_k / v_{255},\quad
       a_k = \max_j \{|x_{kj}| : x_{kj}\ \text{finite}\},\quad
       c_{kj} = Q(x_{kj} / s_k)
 
     where :math:`Q` rounds to one of the two neighbouring values of the code
-    map (see the module docstring).
+    map (see the module docstring) and :math:`s_k` is kept in
+    :math:`[2^{-126}, \mathrm{FLT\_MAX}/v_{255}]`.
 
     Args:
       x: float32 array of shape ``(..., nb, B)``; the last axis is one block.
       kind: ``"nu"`` (non-negative) or ``"signed"``.
       bits: None to round to the nearest code; else a uint32 array of ``x``'s
         shape of uniform random bits, for unbiased stochastic rounding between
-        the two neighbouring codes (:math:`E[\hat x] = x` to float32 rounding).
-      absmax: None to take each block's largest finite magnitude from ``x``;
-        else float32 of shape ``(..., nb)``, an upper bound of it (for example
-        one computed without reducing ``x``), from which the scale is chosen
-        by the same rule. Elements beyond ``1.875 * scale`` saturate to the
-        top code.
+        the two neighbouring codes (:math:`E[\hat x] = x` to float32 rounding;
+        for ``"nu"``, not below the smallest positive code, where a positive
+        value is always rounded up).
+      absmax: None to take :math:`a_k` from ``x`` (a reduction over each
+        block); else float32 of shape ``(..., nb)``, an upper bound of it
+        computed by the caller (for example without reducing ``x``; see
+        :func:`stored_max`). Elements beyond it saturate at the top code.
 
     Returns:
       ``(codes, scales)``: uint8 of ``x``'s shape and float32 of shape ``(..., nb)``.

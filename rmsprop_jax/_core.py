@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from rmsprop_jax import (
+    _diagnostics,
     _dtypes,
     _factored,
     _numbers,
@@ -295,4 +296,4 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
             trace=new_trace if o.momentum else None,
         )
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return _diagnostics.register(optax.GradientTransformationExtraArgs(init_fn, update_fn), cfg)

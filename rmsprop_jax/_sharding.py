@@ -9,12 +9,13 @@ state leaf over that axis too, so that every device stores 1/N of the state.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from rmsprop_jax import _factored
+from rmsprop_jax import _factored, _quantized
 
 
 def _spec_of(leaf: Any, ndim: int) -> list[Any]:
@@ -36,7 +37,9 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
     dimension that is not sharded yet and that the size of ``axis`` divides.
     A leaf with no such dimension (a scalar such as ``count``, or odd sizes),
     or that is already sharded over ``axis``, keeps its sharding, and so do the
-    factors of a factored second moment (they are O(rows + cols)). Use the result
+    factors of a factored second moment (they are O(rows + cols)). An 8-bit
+    leaf's codes and scales are split on the same axis, chosen so that every
+    shard holds whole blocks (else they keep their sharding). Use the result
     as the state's ``out_shardings`` (ZeRO stage 1): per-device state memory
     falls by the size of ``axis``, and results do not change.
 
@@ -78,12 +81,44 @@ def shard_state(state: Any, mesh: Mesh, axis: str) -> Any:
     def keep(leaf: Any) -> NamedSharding:
         return NamedSharding(mesh, PartitionSpec(*_spec_of(leaf, len(leaf.shape))))
 
+    def blocks(q: Any) -> Any:
+        # 8-bit state: codes and scales split on the same axis, where every
+        # shard then holds whole blocks: an axis before the rows (the scales
+        # have it too), or the rows' first axis when the rows are unpadded and
+        # their blocks divide evenly.
+        codes, scales = (q.codes, q.scales) if hasattr(q, "codes") else (q["codes"], q["scales"])
+        shape, k = tuple(codes.shape), len(scales.shape) - 1
+        c_spec, s_spec = _spec_of(codes, len(shape)), _spec_of(scales, k + 1)
+        if not _mentions(c_spec, axis):
+            free = [d for d in range(k) if c_spec[d] is None and shape[d] % size == 0]
+            blocks_per_row = scales.shape[-1]
+            row = math.prod(shape[k:])
+            if free:
+                d = max(free, key=lambda d: (shape[d], -d))
+                c_spec[d] = s_spec[d] = axis
+            elif (
+                k < len(shape)
+                and c_spec[k] is None
+                and s_spec[k] is None
+                and shape[k] % size == 0
+                and blocks_per_row % size == 0
+                and row % blocks_per_row == 0
+            ):
+                c_spec[k] = s_spec[k] = axis
+        return jax.tree.map(
+            lambda leaf: NamedSharding(mesh, PartitionSpec(*(c_spec if leaf is codes else s_spec))),
+            q,
+        )
+
     def place(x: Any) -> Any:
         # A factored second moment is O(rows + cols): its factors keep their own
         # sharding (splitting both over one axis would shard their outer
         # product twice over it).
         if _factored.is_factored(x):
             return jax.tree.map(keep, x)
+        if _quantized.is_quantized(x):
+            return blocks(x)
         return one(x)
 
-    return jax.tree.map(place, state, is_leaf=_factored.is_factored)
+    leaf = lambda x: _factored.is_factored(x) or _quantized.is_quantized(x)
+    return jax.tree.map(place, state, is_leaf=leaf)

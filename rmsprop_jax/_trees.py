@@ -27,6 +27,11 @@ def flatten(tree: Any) -> tuple[list[Any], Any]:
     return jax.tree.flatten(tree)
 
 
+def flatten_with(tree: Any, is_leaf: Any) -> tuple[list[Any], Any]:
+    """``jax.tree.flatten`` with an ``is_leaf``, the treedef typed loosely."""
+    return jax.tree.flatten(tree, is_leaf=is_leaf)
+
+
 def paths(tree: Any) -> list[str]:
     """Each leaf's path, as ``jax.tree_util.keystr`` writes it."""
     return [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]

@@ -1,6 +1,7 @@
 """Fails the build when a public name of rmsprop_jax has no documentation entry.
 
-The public names are ``rmsprop_jax.__all__`` and ``rmsprop_jax.presets.__all__``.
+The public names are ``rmsprop_jax.__all__``, ``rmsprop_jax.presets.__all__`` and
+``rmsprop_jax.migrate.__all__``.
 A name counts as documented when the Python domain holds an object (function,
 class, data, module) under its full dotted name, which is what ``autofunction``,
 ``autoclass``, ``autodata``, ``automodule`` and the ``py:*`` directives record.
@@ -18,7 +19,7 @@ from sphinx.util import logging
 logger = logging.getLogger(__name__)
 
 # Modules whose `__all__` lists public names.
-PUBLIC_MODULES = ("rmsprop_jax", "rmsprop_jax.presets")
+PUBLIC_MODULES = ("rmsprop_jax", "rmsprop_jax.presets", "rmsprop_jax.migrate")
 
 
 def public_names() -> list[str]:

@@ -245,3 +245,98 @@ def test_shard_state_with_factored_leaves():
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
     assert isinstance(b[1].nu["w"], rmsprop_jax.FactoredNu)
+
+
+# 8-bit state: blocks of 4 so that the small sharded leaves above use the format.
+EIGHT = dict(
+    learning_rate=0.1,
+    nu_dtype=rmsprop_jax.blockwise_8bit(block_size=4, min_size=0),
+    mu_dtype=rmsprop_jax.blockwise_8bit(block_size=4, min_size=0),
+    momentum=0.9,
+    centered=True,
+)
+
+
+def _check_blocks_follow(state, params):
+    """8-bit leaves: codes sharded like the parameter, scales like it on the
+    axes before the rows and, where the rows start at a sharded axis, on the
+    blocks' axis too; every shard holds whole blocks."""
+    seen = 0
+    for field in ("nu", "mu", "trace"):
+        for name, q in getattr(state, field).items():
+            if not isinstance(q, rmsprop_jax.QuantizedArray):
+                continue
+            seen += 1
+            want = _norm(params[name].sharding.spec, params[name].ndim)
+            want = want + (None,) * (q.codes.ndim - len(want))
+            assert _norm(q.codes.sharding.spec, q.codes.ndim) == want, (field, name)
+            k = q.scales.ndim - 1
+            scales_spec = _norm(q.scales.sharding.spec, k + 1)
+            assert scales_spec[:k] == want[:k], (field, name, scales_spec)
+            assert scales_spec[k] in (None, want[k] if k < len(want) else None)
+            # whole blocks per shard: the shard's codes and scales agree in size
+            shard_codes = q.codes.addressable_shards[0].data.size
+            shard_scales = q.scales.addressable_shards[0].data.size
+            assert shard_codes / shard_scales <= 4 + 1e-9
+    assert seen >= 10
+
+
+@pytest.mark.parametrize("kind", [AxisType.Explicit, AxisType.Auto])
+def test_eight_bit_state_follows_the_shardings_with_no_collectives(kind):
+    mesh = _mesh(kind)
+    params = _params(mesh)
+    opt = rmsprop_jax.rmsprop(**EIGHT)
+    state = opt.init(params)
+    _check_blocks_follow(state, params)
+    grads = jax.tree.map(lambda p: p * 0.5, params)
+    with jax.set_mesh(mesh):
+        if kind == AxisType.Explicit:
+            state = jax.jit(opt.init)(params)
+            _check_blocks_follow(state, params)
+        step = jax.jit(opt.update)
+        hlo = step.lower(grads, state, params).compile().as_text()
+        updates, new_state = step(grads, state, params)
+    assert not COLLECTIVES.search(hlo), COLLECTIVES.findall(hlo)[:5]
+    _check_blocks_follow(new_state, params)
+    # the same numbers as on one device
+    single = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), (grads, params))
+    plain = rmsprop_jax.rmsprop(**EIGHT)
+    want, _ = plain.update(single[0], plain.init(single[1]), single[1])
+    for name in params:
+        np.testing.assert_allclose(
+            np.asarray(updates[name]), np.asarray(want[name]), rtol=1e-6, atol=1e-7
+        )
+
+
+def test_shard_state_splits_eight_bit_leaves_on_whole_blocks():
+    mesh = _mesh(AxisType.Auto)
+    params = {"w": jnp.ones((64, 32)), "flat": jnp.ones((256,)), "odd": jnp.ones((3, 5))}
+    params = jax.tree.map(lambda p: jax.device_put(p, NamedSharding(mesh, P())), params)
+    opt = rmsprop_jax.rmsprop(**EIGHT)
+    state = opt.init(params)
+    zero1 = rmsprop_jax.shard_state(state, mesh, "data")
+    # (64, 32): rows of 32 start at axis 1; axis 0 comes before them
+    assert state.nu["w"].scales.shape == (64, 8)
+    assert zero1.nu["w"].codes.spec == P("data", None) and zero1.nu["w"].scales.spec == P(
+        "data", None
+    )
+    # (256,): one row of 64 blocks, split into two halves of whole blocks
+    assert zero1.nu["flat"].codes.spec == P("data") and zero1.nu["flat"].scales.spec == P("data")
+    # (3, 5): one padded row; left whole
+    assert zero1.nu["odd"].codes.spec == P(None, None)
+
+    def step(params, state, x):
+        grads = jax.tree.map(lambda v: jnp.sin(v * x), params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    shardings = jax.tree.map(lambda p: p.sharding, params)
+    a = (params, state)
+    b = (params, jax.jit(opt.init, out_shardings=zero1)(params))
+    for i in range(3):
+        x = jnp.float32(0.3 + 0.1 * i)
+        a = jax.jit(step)(*a, x)
+        b = jax.jit(step, out_shardings=(shardings, zero1))(*b, x)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
+    assert b[1].nu["w"].codes.sharding.spec == P("data", None)
