@@ -64,12 +64,14 @@ import numpy as np
 import optax
 import torch
 
-import rmsprop_jax
-from rmsprop_jax import presets
-
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
 EXAMPLES = ROOT / "examples"
+# The rmsprop_jax of this checkout, even where another one is installed.
+sys.path.insert(0, str(ROOT))
+
+import rmsprop_jax  # noqa: E402
+from rmsprop_jax import presets  # noqa: E402
 
 
 def load_example(name: str):
@@ -260,7 +262,7 @@ def run_supervised(task: Supervised, seeds: list[int], log) -> dict:
                 if not np.all(np.isfinite(losses)):
                     bad = int(np.flatnonzero(~np.isfinite(losses))[0])
                     log(
-                        f"  !! {task.name} {hp_name} {arm} seed {seed}: non-finite loss at step {bad}"
+                        f"  !! {task.name} {hp_name} {arm} seed {seed}: non-finite loss, step {bad}"
                     )
             log(
                 f"  {task.name} [{hp_name}] seed {seed}: "
@@ -288,7 +290,7 @@ def two_settings(base: dict) -> dict:
 
 def digits_task(steps: int, batch_size: int = 64) -> Supervised:
     port = load_example("port_from_pytorch")
-    x, y = port.load_data()
+    x, y = port.common.load_data()
     x = x.astype(np.float32)
 
     def make_torch():
@@ -316,7 +318,7 @@ def digits_task(steps: int, batch_size: int = 64) -> Supervised:
         return h
 
     def batches(seed):
-        idx = port.batch_indices(len(x), batch_size, steps, seed)
+        idx = port.common.batch_indices(len(x), batch_size, steps, seed)
         return x[idx], y[idx]
 
     base = dict(lr=1e-3, alpha=0.99, eps=1e-8, weight_decay=1e-4)
@@ -486,9 +488,8 @@ def run_dqn(steps: int, seeds: int, quick: bool, log) -> dict:
         learned = td[:, settings.learning_starts :]
         if not np.all(np.isfinite(learned)):
             seed, step = np.argwhere(~np.isfinite(learned))[0]
-            log(
-                f"  !! dqn {arm}: non-finite TD loss, seed {seed}, step {step + settings.learning_starts}"
-            )
+            step += settings.learning_starts
+            log(f"  !! dqn {arm}: non-finite TD loss, seed {seed}, step {step}")
         log(
             f"  dqn {arm}: TD loss {np.round(final, 5).tolist()}, "
             f"return {np.round(returns, 1).tolist()} ({r['wall_seconds']:.0f} s)"
@@ -1042,8 +1043,8 @@ def main(argv: list[str] | None = None) -> dict:
         r["hyperparameters"] = task.settings
         desc = (
             f"{task.steps} steps of batches of {len(task.batches(0)[1][0])}, seeds "
-            f"{seeds[0]}-{seeds[-1]}. Learning rate 1e-3 (1e-4 with momentum) times the port example's schedule "
-            "(linear warm-up over 100 steps, then 1/(1 + t/500)). "
+            f"{seeds[0]}-{seeds[-1]}. Learning rate 1e-3 (1e-4 with momentum) times the port "
+            "example's schedule (linear warm-up over 100 steps, then 1/(1 + t/500)). "
             f"{r['eight_bit_elements']} of the {r['parameters']} parameters have 8-bit state. "
             f"Final loss: {task.eval_what}."
         )
@@ -1066,8 +1067,8 @@ def main(argv: list[str] | None = None) -> dict:
         "wall_seconds": wall,
         "machine": f"{jax.devices()[0].platform.upper()}, {platform.machine()}",
         "versions": (
-            f"Python {platform.python_version()}, jax {jax.__version__}, optax {optax.__version__}, "
-            f"torch {torch.__version__}"
+            f"Python {platform.python_version()}, jax {jax.__version__}, "
+            f"optax {optax.__version__}, torch {torch.__version__}"
             + (f", bitsandbytes {bnb.__version__}" if bnb is not None else "")
         ),
         "notes": [n for n in notes if n],
