@@ -11,7 +11,7 @@ CONSTRAINTS := requirements/constraints.txt
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 INSTALL_TORCH = tools/install_torch.py --index $(TORCH_INDEX)
 
-.PHONY: help demo test test-min torch lint fuzz soak bench golden test-tensorflow docs dist constraints clean
+.PHONY: help demo test test-min torch lint fuzz soak bench accuracy-8bit golden test-tensorflow docs dist constraints clean
 
 help:
 	@echo "make demo             RMSprop vs AdaGrad, SGD and Adam on real data; writes demo_output/ (the main job)"
@@ -22,6 +22,7 @@ help:
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (under a minute)"
 	@echo "make bench            step time vs optax, torch, torch.compile and the bandwidth floor; fusion, flat parameters (about 26 min; --quick about 9)"
+	@echo "make accuracy-8bit    8-bit state against float32 state and bitsandbytes: digits, DQN, a char-LM (about 8 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu into .venv-tf, 2.4 GB)"
 	@echo "make docs             the documentation site, offline, warnings as errors: docs/_build/html/index.html"
@@ -76,6 +77,18 @@ lint: $(VENV)/.installed-lint
 bench: $(VENV)/.installed-bench+examples
 	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
 	$(BIN)/python benchmarks/bench.py
+
+# The bench extra holds bitsandbytes, which depends on torch: torch's CPU build
+# goes in first, so that pip does not fetch PyPI's CUDA build to satisfy it.
+$(VENV)/.installed-bench+examples: | $(VENV)/.installed-torch
+$(VENV)/.installed-torch: $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
+	@touch $@
+
+# Writes benchmarks/results_eight_bit_accuracy.md and docs/eight_bit_accuracy.png.
+accuracy-8bit: $(VENV)/.installed-bench+examples
+	$(BIN)/python $(INSTALL_TORCH) -c $(CONSTRAINTS) --required
+	$(BIN)/python benchmarks/eight_bit_accuracy.py
 
 soak: $(VENV)/.installed-test+examples
 	$(BIN)/python -m pytest -q -m soak tests/test_soak.py

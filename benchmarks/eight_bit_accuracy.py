@@ -636,7 +636,7 @@ def diagnosis_report(d: dict) -> list[str]:
     arms = d["arms"]
     steps = sorted(next(iter(arms.values()))["ratios"])
     lines = [
-        "## Where the second moment goes (round to nearest)",
+        "## Where the second moment goes",
         "",
         f"(a) digits, {d['setting']}, seed {d['seed']}, trained again with each 8-bit "
         "optimizer while keeping beside it the exact float32 moving average of the squared "
@@ -989,7 +989,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--tasks", nargs="+", choices=["digits", "dqn", "lm"], default=["digits", "dqn", "lm"]
     )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default: 5/5/3)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default: 5; 2 with --quick)")
     parser.add_argument("--out-md", default=None, help="the Markdown report")
     parser.add_argument("--figure", default=None, help="the PNG")
     parser.add_argument("--json", default=None, help="also write the final values as JSON")
@@ -1026,7 +1026,7 @@ def main(argv: list[str] | None = None) -> dict:
         log(f"{name} ...")
         if name == "dqn":
             results["dqn"] = run_dqn(
-                steps=4_000 if q else 50_000, seeds=n_seeds(5), quick=q, log=log
+                steps=4_000 if q else 100_000, seeds=n_seeds(5), quick=q, log=log
             )
             continue
         if name == "digits":
@@ -1034,7 +1034,7 @@ def main(argv: list[str] | None = None) -> dict:
             seeds = list(range(n_seeds(5)))
         else:
             task = lm_task(steps=150 if q else 2000, max_chars=60_000 if q else None)
-            seeds = list(range(n_seeds(3)))
+            seeds = list(range(n_seeds(5)))
         r = run_supervised(task, seeds, log)
         if name == "digits":
             diagnosis = diagnose_nu(task, "no momentum", log, window=20 if q else 100)
