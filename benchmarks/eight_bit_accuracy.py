@@ -759,57 +759,75 @@ def band(ax, x, curves, arm, label=None):
 
 
 def plot(results: dict, path: pathlib.Path, seeds: int) -> None:
+    """Per supervised task and setting: the batch loss (moving mean), and under
+    it each run's loss relative to the JAX float32 run of the same seed. DQN:
+    TD loss and return. Mean over seeds, band from the lowest to the highest."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = []
+    rows = []  # each: (kind, [(name, what) per column])
     for name in ("digits", "lm"):
         if name in results:
-            for setting in results[name]["settings"]:
-                panels.append((name, setting))
+            cells = [(name, setting) for setting in results[name]["settings"]]
+            rows += [("loss", cells), ("ratio", cells)]
     if "dqn" in results:
-        panels += [("dqn", "td"), ("dqn", "return")]
-    cols = 2
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(12, 3.9 * rows), squeeze=False)
-    for ax in axes.flat[len(panels) :]:
-        ax.set_visible(False)
-    for ax, (name, what) in zip(axes.flat, panels):
-        tr = results[name]
-        if name in ("digits", "lm"):
-            arms = tr["settings"][what]
-            steps = next(iter(arms.values()))["losses"].shape[1]
-            window = max(1, steps // 25)
-            x = np.arange(window, steps + 1)
-            for arm, r in arms.items():
-                band(ax, x, smooth(r["losses"], window), arm)
-            ax.set_title(f"{tr['title']}, {what}", fontsize=10)
-            ax.set_xlabel("step")
-            ax.set_ylabel(f"batch loss (moving mean of {window})")
-            if tr["curve_log"]:
+        rows.append(("dqn", [("dqn", "td"), ("dqn", "return")]))
+    heights = [1.3 if kind == "ratio" else 3 for kind, _ in rows]
+    fig, axes = plt.subplots(
+        len(rows),
+        2,
+        figsize=(12, 1.25 * sum(heights)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": heights},
+    )
+    for (kind, cells), ax_row in zip(rows, axes):
+        for ax in ax_row[len(cells) :]:
+            ax.set_visible(False)
+        for ax, (name, what) in zip(ax_row, cells):
+            tr = results[name]
+            if kind in ("loss", "ratio"):
+                arms = tr["settings"][what]
+                steps = next(iter(arms.values()))["losses"].shape[1]
+                window = max(1, steps // 25)
+                x = np.arange(window, steps + 1)
+                reference = smooth(arms[JAX_F32]["losses"], window)
+                for arm, r in arms.items():
+                    curves = smooth(r["losses"], window)
+                    if kind == "loss":
+                        band(ax, x, curves, arm)
+                    elif arm != JAX_F32:
+                        band(ax, x, curves / reference, arm)
+                if kind == "loss":
+                    ax.set_title(f"{tr['title']}, {what}", fontsize=10)
+                    ax.set_ylabel(f"batch loss (mean of {window})")
+                    if tr["curve_log"]:
+                        ax.set_yscale("log")
+                else:
+                    ax.axhline(1.0, color=COLORS[JAX_F32], lw=0.8)
+                    ax.set_ylabel("/ JAX float32,\nsame seed", fontsize=9)
+                    ax.set_xlabel("step")
+            elif what == "td":
+                for arm, r in tr["arms"].items():
+                    td = r["td_loss"]
+                    window = max(1, td.shape[1] // 25)
+                    band(ax, np.arange(window, td.shape[1] + 1), smooth(td, window), arm)
                 ax.set_yscale("log")
-        elif what == "td":
-            for arm, r in tr["arms"].items():
-                td = r["td_loss"]
-                window = max(1, td.shape[1] // 25)
-                band(ax, np.arange(window, td.shape[1] + 1), smooth(td, window), arm)
-            ax.set_yscale("log")
-            ax.set_title("(b) DQN on CartPole-v1, centered RMSprop: TD loss", fontsize=10)
-            ax.set_xlabel("environment step")
-            ax.set_ylabel("TD loss (moving mean)")
-        else:
-            dqn = load_example("dqn_cartpole")
-            for arm, r in tr["arms"].items():
-                grid = np.linspace(1, tr["settings"]["steps"], 200)
-                curves = dqn.learning_curve(r["result"], grid)
-                band(ax, grid, curves, arm)
-            ax.set_title("(b) DQN: episode return (mean of last 20 episodes)", fontsize=10)
-            ax.set_xlabel("environment step")
-            ax.set_ylabel("return")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+                ax.set_title("(b) DQN on CartPole-v1, centered RMSprop: TD loss", fontsize=10)
+                ax.set_xlabel("environment step")
+                ax.set_ylabel("TD loss (moving mean)")
+            else:
+                dqn = load_example("dqn_cartpole")
+                for arm, r in tr["arms"].items():
+                    grid = np.linspace(1, tr["settings"]["steps"], 200)
+                    band(ax, grid, dqn.learning_curve(r["result"], grid), arm)
+                ax.set_title("(b) DQN: episode return (mean of last 20 episodes)", fontsize=10)
+                ax.set_xlabel("environment step")
+                ax.set_ylabel("return")
+            ax.grid(alpha=0.3, which="both")
+            if kind != "ratio":
+                ax.legend(fontsize=8)
     fig.suptitle(f"8-bit vs float32 optimizer state: mean over {seeds} seeds, band = min..max")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -989,7 +1007,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--tasks", nargs="+", choices=["digits", "dqn", "lm"], default=["digits", "dqn", "lm"]
     )
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per task (default: 5; 2 with --quick)")
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="seeds per task (default: 5; 2 with --quick)"
+    )
     parser.add_argument("--out-md", default=None, help="the Markdown report")
     parser.add_argument("--figure", default=None, help="the PNG")
     parser.add_argument("--json", default=None, help="also write the final values as JSON")
