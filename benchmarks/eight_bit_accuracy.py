@@ -687,7 +687,9 @@ def compare(a, b) -> dict:
         "within_noise": bool(abs(diff) <= 2 * se),
         "paired_mean": float(np.mean(paired)),
         "paired_std": paired_std,
-        # the same seeds: a gap of the same sign in every seed shows here
+        "higher_in": int(np.sum(paired > 0)),
+        "seeds": n,
+        # the same seeds: a consistent gap shows here
         "paired_significant": bool(abs(float(np.mean(paired))) > 2 * paired_se),
         "worse_paired": bool(float(np.mean(paired)) > 2 * paired_se),
     }
@@ -906,9 +908,10 @@ def report(results: dict, rows: list[dict], meta: dict) -> str:
         "Δ: the 8-bit run's mean final loss minus the reference's, ± the standard error "
         "of that difference over seeds (unpaired, sqrt((s_a² + s_b²)/n)). *Within seed "
         "noise*: |Δ| ≤ 2 SE. Paired: the mean ± std over seeds of the per-seed "
-        "differences; a seed has the same weights and batches in every run, so a gap of "
-        "the same sign in every seed shows here even when it is smaller than the "
-        "seed-to-seed spread. *Systematic*: |paired mean| > 2 std/√n. Against "
+        "differences, and in how many seeds the 8-bit run ended higher; a seed has the "
+        "same weights and batches in every run, so a consistent gap shows here even when "
+        "it is smaller than the seed-to-seed spread. *Systematic*: |paired mean| > "
+        "2 std/√n. Against "
         "bitsandbytes (same seeds, paired), *no worse* means the JAX 8-bit run is not "
         "higher by more than 2 std/√n.",
         "",
@@ -926,7 +929,8 @@ def report(results: dict, rows: list[dict], meta: dict) -> str:
             f"{v['diff']:+.2e} ± {v['se']:.1e}",
             f"{v['relative']:+.1%}",
             "yes" if v["within_noise"] else "**no**",
-            f"{v['paired_mean']:+.2e} ± {v['paired_std']:.1e}",
+            f"{v['paired_mean']:+.2e} ± {v['paired_std']:.1e} "
+            f"(higher in {v['higher_in']}/{v['seeds']})",
             "**yes**" if v["paired_significant"] else "no",
         ]
         if "vs_bnb" in row:
@@ -956,7 +960,7 @@ def report(results: dict, rows: list[dict], meta: dict) -> str:
         else f"Outside seed noise of float32 state (higher loss): {where(outside)}."
     )
     if systematic:
-        lines.append(f"Within seed noise but higher in every seed (paired): {where(systematic)}.")
+        lines.append(f"Within seed noise but systematically higher (paired): {where(systematic)}.")
     if any("vs_bnb" in r for r in rows):
         lines.append(
             "No 8-bit JAX run is worse than bitsandbytes."
