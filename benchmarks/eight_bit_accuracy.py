@@ -440,6 +440,9 @@ def lm_task(steps: int, batch_size: int = 64, max_chars: int | None = None) -> S
 
 
 def run_dqn(steps: int, seeds: int, quick: bool, log) -> dict:
+    """The example's agents, all seeds vmapped under one optimizer per run: with
+    stochastic rounding they share its seed, so each agent draws the same random
+    bits (hashed from the seed, step, leaf and element) for its own values."""
     dqn = load_example("dqn_cartpole")
     make = lambda **storage: (
         lambda: presets.dqn_nature_2015(
