@@ -20,6 +20,7 @@ made once per step; each stage casts what it reads to the leaf's dtypes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -298,17 +299,107 @@ def _load(x: Any, fmt: Any, kind: str, complex_dtype: jnp.dtype | None) -> Any:
 
 
 def _quantizer(
-    old: Any, fmt: Any, kind: str, key: Array | None, split: bool
+    old: Any, fmt: Any, kind: str, key: Array | None, split: bool, absmax: Array | None = None
 ) -> Callable[[Array], Any]:
     """Stores a new state value in the 8-bit format of ``old``; returns (stored,
-    the value the step goes on with: the unrounded one)."""
+    the value the step goes on with: the unrounded one). ``absmax`` bounds each
+    block's largest new value (see :func:`_bounds`); None: reduce the value."""
 
     def keep(x: Array) -> tuple[Any, Array]:
         parts = _dtypes.split_complex(x) if split else x
         bits = None if key is None else _storage.hash_bits(key, parts.shape)
-        return _quantized.store(parts, old, kind, fmt.block_size, bits), x
+        return _quantized.store(parts, old, kind, fmt.block_size, bits, absmax), x
 
     return keep
+
+
+# A bound on |s| that the momentum buffer's bound may use: beyond it the
+# buffer's scale would leave too few of the signed map's binades for its values.
+_S_LIMIT_FOR_BOUNDS = 256.0
+# Room for float32 rounding between a bound and the value it bounds.
+_ROUNDING_ROOM = 1.0 + 2.0**-10
+
+
+def _bounds(
+    opts: Options,
+    n: Numbers,
+    g: Array,
+    p: Array | None,
+    stored: tuple[Any, Any, Any],
+    mu: Array | None,
+    full: bool,
+) -> dict[str, Array] | None:
+    r"""Upper bounds of each 8-bit block's largest new value, from the inputs
+    and the old scales alone, so that quantizing needs no reduction over the
+    new values (on XLA:CPU such a reduction writes them to memory first).
+
+    With :math:`G` a block's largest :math:`|g|` (plus :math:`|\lambda| \max|p|`
+    with coupled weight decay) and :math:`B` the largest value the old block
+    can hold:
+
+    - :math:`\nu`: :math:`\rho B + (1-\rho) G^2`;
+    - the variance kept by a centered 8-bit :math:`\nu`:
+      :math:`\rho B + \rho(1-\rho)(G + M)^2`, :math:`M` a bound of :math:`|\mu|`;
+    - :math:`\mu`: :math:`\rho B + (1-\rho) G`;
+    - the momentum buffer: :math:`m B + |\eta| S` (:math:`m B + S` with the
+      learning rate outside), :math:`S` the static bound on :math:`|s|` of a
+      full second moment, when it is small enough to be useful.
+
+    None where none applies (complex gradients); a missing key means that
+    field reduces its values. ``_ROUNDING_ROOM`` covers float32 rounding; a
+    value that still exceeds its bound is stored as the top code."""
+    if jnp.iscomplexobj(g):
+        return None
+    nu, mu_stored, trace = stored
+    f32 = jnp.float32
+    decay = None if n.decay is None else to_dtype(n.decay, f32)
+    one_minus = to_dtype(n.one_minus_decay, f32)
+    fmt = {"nu": opts.nu_dtype, "mu": opts.mu_dtype, "trace": opts.mu_dtype}
+
+    def grad_max(like: Any, block: int) -> Array:
+        top = _quantized.block_absmax(g, like, block)
+        if p is not None and opts.weight_decay_mode == "coupled" and n.wd is not None:
+            wd = jnp.abs(to_dtype(n.wd, f32))
+            top = top + wd * _quantized.block_absmax(p, like, block)
+        return top
+
+    def old(x: Any, kind: str) -> Array:
+        return _quantized.stored_max(x, kind)
+
+    def average(x: Any, kind: str, new: Array) -> Array:
+        return new if decay is None else decay * old(x, kind) + new
+
+    out: dict[str, Array] = {}
+    if _quantized.is_quantized(nu):
+        block = fmt["nu"].block_size
+        gm = grad_max(nu, block)
+        if opts.centered:
+            if _quantized.is_quantized(mu_stored):
+                if fmt["mu"].block_size != block:
+                    return None
+                mu_max = old(mu_stored, "signed")
+            else:
+                assert mu is not None
+                mu_max = _quantized.block_absmax(jnp.abs(mu), nu, block)
+            if decay is not None:
+                out["nu"] = decay * old(nu, "nu") + decay * one_minus * (gm + mu_max) ** 2
+            else:  # decay 0: the variance of one gradient is 0
+                out["nu"] = jnp.zeros_like(gm)
+        else:
+            out["nu"] = average(nu, "nu", one_minus * gm * gm)
+    if _quantized.is_quantized(mu_stored):
+        gm = grad_max(mu_stored, fmt["mu"].block_size)
+        out["mu"] = average(mu_stored, "signed", one_minus * gm)
+    if _quantized.is_quantized(trace):
+        clamp = not (opts.s_bound and full)
+        if not clamp and opts.s_bound is not None and opts.s_bound <= _S_LIMIT_FOR_BOUNDS:
+            assert n.momentum is not None and n.lr is not None
+            m = to_dtype(n.momentum, f32)
+            step = f32(opts.s_bound)
+            if opts.lr_in_momentum:
+                step = jnp.abs(to_dtype(n.lr, f32)) * step
+            out["trace"] = m * old(trace, "signed") + step
+    return {k: b * f32(_ROUNDING_ROOM) for k, b in out.items()}
 
 
 def _variance_kept(nu: Array, mu: Array) -> Array:
@@ -347,7 +438,43 @@ def leaf_step(
     ``axes`` are the factored axes of ``nu`` (None for a full second moment);
     ``p`` is the parameter where this leaf decays (else None) and ``mask`` its
     per-element weight-decay mask (None: every element); ``key`` is None
-    unless the state is rounded stochastically."""
+    unless the state is rounded stochastically.
+
+    With 8-bit state, the new blocks' scales come from bounds computed from
+    the inputs (:func:`_bounds`) wherever they are finite; a step where one is
+    not (a square beyond float32's range) takes the exact path, which reduces
+    the new values, through ``lax.cond``."""
+    step = functools.partial(_leaf_step, opts, axes, n, g, p, mask, nu, mu, trace, key)
+    if not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
+        return step(None)
+    mu_values = mu
+    if mu is not None and _quantized.is_quantized(mu):
+        mu_values = None  # its bound is its stored maximum
+    bounds = _bounds(opts, n, g, p, (nu, mu, trace), mu_values, axes is None)
+    if not bounds:
+        return step(None)
+    finite = jnp.all(jnp.stack([jnp.all(b <= _FLOAT32_MAX) for b in bounds.values()]))
+    return jax.lax.cond(finite, lambda: step(bounds), lambda: step(None))
+
+
+_FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
+
+
+def _leaf_step(
+    opts: Options,
+    axes: tuple[int, int] | None,
+    n: Numbers,
+    g: Array,
+    p: Array | None,
+    mask: Array | None,
+    nu: Any,
+    mu: Array | None,
+    trace: Array | None,
+    key: Array | None,
+    bounds: dict[str, Array] | None,
+) -> tuple[Array, Any, Array | None, Array | None]:
+    """:func:`leaf_step`, with the 8-bit blocks' bounds (None: reduce)."""
+    bounds = bounds or {}
     out_dtype = jnp.result_type(g)
     split = opts.split_complex and jnp.iscomplexobj(g)
     if split:  # the gradient, the parameter and its mask, split alike (a 0-d mask broadcasts)
@@ -376,7 +503,7 @@ def leaf_step(
     g = effective_gradient(opts, to_dtype(g, work), p, mask, n.wd)
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
     if _quantized.is_quantized(stored_in[0]):
-        keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False)
+        keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False, bounds.get("nu"))
         if variance_kept:
             assert new_mu is not None
             stored_nu, _ = keep_nu(_variance_kept(new_nu, new_mu))
@@ -387,7 +514,9 @@ def leaf_step(
     stored_mu = None
     if new_mu is not None and mu is not None:
         if _quantized.is_quantized(stored_in[1]):
-            keep_mu = _quantizer(stored_in[1], opts.mu_dtype, "signed", keys[1], mu_parts)
+            keep_mu = _quantizer(
+                stored_in[1], opts.mu_dtype, "signed", keys[1], mu_parts, bounds.get("mu")
+            )
         else:
             keep_mu = _keeper(mu.dtype, keys[1], saturated=True)
         stored_mu, new_mu = keep_mu(new_mu)
@@ -403,7 +532,9 @@ def leaf_step(
     else:
         keep = None
         if _quantized.is_quantized(stored_in[2]):
-            keep = _quantizer(stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts)
+            keep = _quantizer(
+                stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts, bounds.get("trace")
+            )
         elif trace is not None:
             keep = _keeper(trace.dtype, keys[2], saturated=True)
         update, stored_trace = momentum_step(opts, s, trace, n, keep)
