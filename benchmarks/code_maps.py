@@ -86,9 +86,10 @@ def _map(name, values, signed=False) -> bw.CodeMap:
 
 
 # (map, how the block scale is chosen): "absmax" from the block's new largest
-# magnitude, "bound" from d * (largest storable) + (1 - d) * max(target) without
-# reducing the new values, "pow2" the block's absmax rounded up so that the
-# scale is a power of two.
+# magnitude; "bound" from ema_scales (d * (largest storable) + (1 - d) * |target|,
+# maximised over the block, without reducing the new values); "stored" the same
+# with the block's largest stored value in place of the largest storable;
+# "pow2" the block's absmax rounded up so that the scale is a power of two.
 @functools.cache
 def nu_maps() -> dict[str, tuple[bw.CodeMap, str]]:
     log = np.concatenate([[0.0], 2.0 ** np.linspace(-32, 0, 255)])
@@ -99,7 +100,8 @@ def nu_maps() -> dict[str, tuple[bw.CodeMap, str]]:
         "bnb dynamic, signed (as bnb RMSprop8bit)": (_map("dyn", _dynamic(True)), "absmax"),
         "bnb dynamic, unsigned": (_map("udyn", _dynamic(False)), "absmax"),
         "E5M3 (default)": (default, "absmax"),
-        "E5M3, scale from the EMA bound": (default, "bound"),
+        "E5M3, scales from ema_scales": (default, "bound"),
+        "E5M3, ema_scales from the stored max": (default, "stored"),
         "E5M3, power-of-two scale": (default, "pow2"),
         "E4M4": (_map("e4m4", e4m4), "absmax"),
         "log grid, 32 binades": (_map("log", log), "absmax"),
@@ -116,7 +118,8 @@ def signed_maps() -> dict[str, tuple[bw.CodeMap, str]]:
     return {
         "bnb dynamic, signed": (_map("dyn", _dynamic(True), signed=True), "absmax"),
         "E4M3 sign-magnitude (default)": (default, "absmax"),
-        "E4M3, scale from the EMA bound": (default, "bound"),
+        "E4M3, scales from ema_scales": (default, "bound"),
+        "E4M3, ema_scales from the stored max": (default, "stored"),
         "E4M3, power-of-two scale": (default, "pow2"),
         "E3M4 sign-magnitude": (_map("e3m4", _signed_float(3, 4), signed=True), "absmax"),
         "E5M2 sign-magnitude": (_map("e5m2", _signed_float(5, 2), signed=True), "absmax"),
@@ -191,21 +194,27 @@ def _reference(case, decays, steps, every, n, seed, square):
         return np.asarray(run(coords, d, jax.random.key(seed)))
 
 
-def _absmax(new, target, scales, d, top, mode):
-    """The ``absmax`` argument of the quantizer for scale ``mode``."""
+def _scales(new, g, codes, scales, decays, cmap, mode, square):
+    """The ``scales`` argument of the quantizer for scale ``mode``."""
     if mode == "absmax":
         return None
-    if mode == "bound":
-        return d[..., 0] * top * scales + (1 - d[..., 0]) * bw.block_absmax(target)
-    a = jnp.maximum(bw.block_absmax(new), jnp.float32(2.0**-100))
-    return top * jnp.exp2(jnp.ceil(jnp.log2(a / top)))  # pow2
+    if mode == "pow2":
+        top = jnp.float32(cmap.values[-1])
+        a = jnp.maximum(bw.block_absmax(new), jnp.float32(2.0**-100))
+        return jnp.exp2(jnp.ceil(jnp.log2(a / top)))
+    kind = "nu" if square else "signed"
+
+    def one(c, s, d):
+        stored = bw.stored_absmax(c, s, kind) if mode == "stored" else None
+        return bw.ema_scales(s, g, d, kind, squared=square, stored=stored)
+
+    return jax.vmap(one)(codes, scales, decays)
 
 
 @functools.cache
 def _quantized_fn(cmap, mode, stochastic, steps, every, square):
     """Jitted: the 8-bit averages for each decay at every ``every``-th step, the
     step each coordinate's stored value last changed, the final codes and scales."""
-    top = jnp.float32(cmap.values[-1])
 
     def run(coords, decays, key, seed):
         n = coords[0].shape[0]
@@ -219,11 +228,10 @@ def _quantized_fn(cmap, mode, stochastic, steps, every, square):
             target = g * g if square else g
             new = d * old + (1 - d) * target
             bits = _storage.hash_bits(_storage.mix(seed, t), new.shape) if stochastic else None
-            absmax = _absmax(new, target, scales, d, top, mode)
-            codes, scales = bw.quantize_with(new, cmap, bits, absmax)
-            stored = bw.dequantize_with(codes, scales, cmap)
-            last = jnp.where(stored != old, t, last)
-            return (codes, scales, last), None
+            given = _scales(new, g, codes, scales, decays, cmap, mode, square)
+            new_codes, scales = bw.quantize_with(new, cmap, bits, given)
+            last = jnp.where(new_codes != codes, t, last)
+            return (new_codes, scales, last), None
 
         def chunk(carry, c):
             carry, _ = jax.lax.scan(step, carry, c * every + jnp.arange(every))
