@@ -9,9 +9,10 @@ the same shape and one float32 scale per block, shape ``(..., nb)``:
   \hat x_{kj} = v_{c_{kj}}\, s_k, \qquad s_k = a_k / v_{255}
 
 where :math:`v_0 \le v_1 \le \dots \le v_{255}` is the kind's code map
-(:func:`code_values`) and :math:`a_k` the block's largest finite magnitude (or
-an upper bound of it given by the caller), so that the block's largest element
-lands on the top code. Quantizing picks, for each element, one of the two map
+(:func:`code_values`) and :math:`a_k` the block's largest finite magnitude, so
+that the block's largest element lands on the top code (or the caller gives
+the scales, e.g. from :func:`ema_scales`, a bound that needs no reduction of
+the new values). Quantizing picks, for each element, one of the two map
 values around :math:`y = x / s_k`, :math:`v_i \le y \le v_{i+1}`: the nearest
 one (round-to-nearest), or the upper one with probability
 :math:`p = (y - v_i) / (v_{i+1} - v_i)` (stochastic rounding), which makes
@@ -47,8 +48,8 @@ so it and its reciprocal are normal float32 numbers whatever the input. An
 all-zero block gets the scale :math:`2^{-126}` and the code of 0.
 
 Non-finite input never spreads to the rest of its block: the scale comes from
-the finite elements only. ``+inf`` is stored as the top code, ``-inf`` as the bottom one
-(``"signed"``; ``"nu"`` stores negative input, ``-inf`` included, as 0); NaN is
+the finite elements only. ``+inf`` is stored as the top code, ``-inf`` as the
+bottom one (``"signed"``; ``"nu"`` stores negative input, ``-inf`` included, as 0); NaN is
 stored as the top code for ``"nu"`` (the most conservative second moment: the
 smallest step) and as 0 for ``"signed"``.
 
