@@ -255,21 +255,19 @@ def load(q: Any, kind: str, block: int) -> Array:
     return _unblocks(values, tuple(codes.shape), k)
 
 
-def block_absmax(x: Array, like: Any, block: int) -> Array:
-    """Each block's largest magnitude of ``x`` (shaped like the state), in the
-    layout of ``like``, as float32: from a max and a min reduction over ``x``
-    itself, which XLA runs on the input without a temporary (the padding of a
-    padded row is 0, which neither raises the max nor lowers the min below 0)."""
+def in_blocks(x: Array, like: Any, block: int) -> Array:
+    """``x`` (shaped like the state) cut into the blocks of ``like``: (..., nb, block)."""
     _, scales = _parts(like)
-    xb = _blocks(x, scales.ndim - 1, block)
-    top = jnp.max(xb, axis=-1).astype(jnp.float32)
-    bottom = jnp.min(xb, axis=-1).astype(jnp.float32)
-    return jnp.maximum(top, -bottom)
+    return _blocks(x, scales.ndim - 1, block)
 
 
-def stored_max(q: Any, kind: str) -> Array:
-    """The largest magnitude each block of an 8-bit leaf can hold (per block)."""
-    return _blockwise.stored_max(_parts(q)[1], kind)
+def scales_of(q: Any) -> Array:
+    """The block scales of an 8-bit state leaf."""
+    return _parts(q)[1]
+
+
+TOP = {kind: float(_blockwise.code_values(kind)[-1]) for kind in ("nu", "signed")}
+LARGEST_SCALE = {kind: _blockwise._largest_scale(top) for kind, top in TOP.items()}
 
 
 def store(
@@ -278,17 +276,16 @@ def store(
     kind: str,
     block: int,
     bits: Array | None,
-    absmax: Array | None = None,
+    scales: Array | None = None,
 ) -> Any:
     """``x`` (the state's shape) in the 8-bit format with the layout and the
     container of ``like``; ``bits`` (uint32, ``x``'s shape) round the codes
-    stochastically; ``absmax`` (per block), an upper bound of each block's
-    largest magnitude, saves the reduction over ``x``."""
-    _, scales = _parts(like)
-    k = scales.ndim - 1
+    stochastically; ``scales`` (per block), chosen by the caller so that they
+    hold the new values, save the reduction over ``x``."""
+    k = _parts(like)[1].ndim - 1
     shape = tuple(x.shape)
     x = x if x.dtype == jnp.float32 else x.astype(jnp.float32)
     blocks_bits = None if bits is None else _blocks(bits, k, block)
-    codes, new_scales = _blockwise.quantize(_blocks(x, k, block), kind, blocks_bits, absmax)
+    codes, new_scales = _blockwise.quantize(_blocks(x, k, block), kind, blocks_bits, scales)
     codes = _unblocks(codes, shape, k)
     return _trees.flatten(like)[1].unflatten([codes, new_scales])  # codes sort first

@@ -27,7 +27,15 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from rmsprop_jax import _dtypes, _factored, _quantized, _storage, _trees, _weight_decay
+from rmsprop_jax import (
+    _blockwise,
+    _dtypes,
+    _factored,
+    _quantized,
+    _storage,
+    _trees,
+    _weight_decay,
+)
 from rmsprop_jax._config import Options
 from rmsprop_jax._numbers import Numbers
 
@@ -299,107 +307,101 @@ def _load(x: Any, fmt: Any, kind: str, complex_dtype: jnp.dtype | None) -> Any:
 
 
 def _quantizer(
-    old: Any, fmt: Any, kind: str, key: Array | None, split: bool, absmax: Array | None = None
+    old: Any, fmt: Any, kind: str, key: Array | None, split: bool, scales: Array | None = None
 ) -> Callable[[Array], Any]:
     """Stores a new state value in the 8-bit format of ``old``; returns (stored,
-    the value the step goes on with: the unrounded one). ``absmax`` bounds each
-    block's largest new value (see :func:`_bounds`); None: reduce the value."""
+    the value the step goes on with: the unrounded one). ``scales`` are the new
+    blocks' scales (see :func:`_scales`); None: from the new values."""
 
     def keep(x: Array) -> tuple[Any, Array]:
         parts = _dtypes.split_complex(x) if split else x
         bits = None if key is None else _storage.hash_bits(key, parts.shape)
-        return _quantized.store(parts, old, kind, fmt.block_size, bits, absmax), x
+        return _quantized.store(parts, old, kind, fmt.block_size, bits, scales), x
 
     return keep
 
 
-# A bound on |s| that the momentum buffer's bound may use: beyond it the
+# A bound on |s| that the momentum buffer's scale may use: beyond it the
 # buffer's scale would leave too few of the signed map's binades for its values.
-_S_LIMIT_FOR_BOUNDS = 256.0
-# Room for float32 rounding between a bound and the value it bounds.
-_ROUNDING_ROOM = 1.0 + 2.0**-10
+_S_LIMIT_FOR_SCALES = 256.0
+# Room for float32 rounding between a bound and the values it bounds.
+_ROUNDING_ROOM = 1.0 + 2.0**-20
 
 
-def _bounds(
+def _scales(
     opts: Options,
     n: Numbers,
     g: Array,
-    p: Array | None,
     stored: tuple[Any, Any, Any],
     mu: Array | None,
     full: bool,
 ) -> dict[str, Array] | None:
-    r"""Upper bounds of each 8-bit block's largest new value, from the inputs
-    and the old scales alone, so that quantizing needs no reduction over the
-    new values (on XLA:CPU such a reduction writes them to memory first).
+    r"""The new 8-bit blocks' scales, from the inputs and the old scales alone,
+    so that quantizing reduces no new value (on XLA:CPU such a reduction first
+    writes the new values to memory as float32).
 
-    With :math:`G` a block's largest :math:`|g|` (plus :math:`|\lambda| \max|p|`
-    with coupled weight decay) and :math:`B` the largest value the old block
-    can hold:
+    Each scale puts an upper bound of its block's new values at the top of
+    the map. With :math:`B` the largest value the old block can hold and
+    :math:`g` the effective gradient:
 
-    - :math:`\nu`: :math:`\rho B + (1-\rho) G^2`;
+    - :math:`\nu`: :math:`\max_j \rho B + (1-\rho) g_j^2`;
     - the variance kept by a centered 8-bit :math:`\nu`:
-      :math:`\rho B + \rho(1-\rho)(G + M)^2`, :math:`M` a bound of :math:`|\mu|`;
-    - :math:`\mu`: :math:`\rho B + (1-\rho) G`;
+      :math:`\max_j \rho B + \rho(1-\rho)(|g_j| + M)^2`, :math:`M` the largest
+      :math:`|\mu|` the old mean's block holds;
+    - :math:`\mu`: :math:`\max_j \rho B + (1-\rho) |g_j|`;
     - the momentum buffer: :math:`m B + |\eta| S` (:math:`m B + S` with the
       learning rate outside), :math:`S` the static bound on :math:`|s|` of a
-      full second moment, when it is small enough to be useful.
+      full second moment, where it is small enough to be useful.
 
-    None where none applies (complex gradients); a missing key means that
-    field reduces its values. ``_ROUNDING_ROOM`` covers float32 rounding; a
-    value that still exceeds its bound is stored as the top code."""
+    Each reduction reads the gradient, nothing else of the size of the leaf.
+    Used with stochastic rounding only: with round-to-nearest, scales that do
+    not follow each block's largest value let slow averages stall (measured;
+    see docs/low_precision.md). None where nothing applies (complex
+    gradients); a missing key means that field reduces its new values."""
     if jnp.iscomplexobj(g):
         return None
     nu, mu_stored, trace = stored
     f32 = jnp.float32
-    decay = None if n.decay is None else to_dtype(n.decay, f32)
-    one_minus = to_dtype(n.one_minus_decay, f32)
-    fmt = {"nu": opts.nu_dtype, "mu": opts.mu_dtype, "trace": opts.mu_dtype}
-
-    def grad_max(like: Any, block: int) -> Array:
-        top = _quantized.block_absmax(g, like, block)
-        if p is not None and opts.weight_decay_mode == "coupled" and n.wd is not None:
-            wd = jnp.abs(to_dtype(n.wd, f32))
-            top = top + wd * _quantized.block_absmax(p, like, block)
-        return top
-
-    def old(x: Any, kind: str) -> Array:
-        return _quantized.stored_max(x, kind)
-
-    def average(x: Any, kind: str, new: Array) -> Array:
-        return new if decay is None else decay * old(x, kind) + new
-
+    decay = f32(0) if n.decay is None else to_dtype(n.decay, f32)
+    fmt = {"nu": opts.nu_dtype, "mu": opts.mu_dtype}
     out: dict[str, Array] = {}
     if _quantized.is_quantized(nu):
         block = fmt["nu"].block_size
-        gm = grad_max(nu, block)
-        if opts.centered:
-            if _quantized.is_quantized(mu_stored):
-                if fmt["mu"].block_size != block:
-                    return None
-                mu_max = old(mu_stored, "signed")
-            else:
-                assert mu is not None
-                mu_max = _quantized.block_absmax(jnp.abs(mu), nu, block)
-            if decay is not None:
-                out["nu"] = decay * old(nu, "nu") + decay * one_minus * (gm + mu_max) ** 2
-            else:  # decay 0: the variance of one gradient is 0
-                out["nu"] = jnp.zeros_like(gm)
+        gb = _quantized.in_blocks(g.astype(f32), nu, block)
+        old = _quantized.scales_of(nu)
+        if not opts.centered:
+            out["nu"] = _blockwise.ema_scales(old, gb, decay, "nu", squared=True)
         else:
-            out["nu"] = average(nu, "nu", one_minus * gm * gm)
+            if _quantized.is_quantized(mu_stored) and fmt["mu"].block_size == block:
+                m_max = _quantized.scales_of(mu_stored) * f32(_quantized.TOP["signed"])
+            elif not _quantized.is_quantized(mu_stored) and mu is not None:
+                m_max = _blockwise.block_absmax(_quantized.in_blocks(mu.astype(f32), nu, block))
+            else:
+                return None
+            top = f32(_quantized.TOP["nu"])
+            c = decay * (1 - decay) * f32(_ROUNDING_ROOM) / top
+            r = (jnp.abs(gb) + m_max[..., None]) * jnp.sqrt(c)
+            v = jnp.minimum(
+                (decay * f32(_ROUNDING_ROOM) * old)[..., None] + r * r + f32(2.0**-126),
+                _quantized.LARGEST_SCALE["nu"],
+            )
+            out["nu"] = jnp.max(v, axis=-1)
     if _quantized.is_quantized(mu_stored):
-        gm = grad_max(mu_stored, fmt["mu"].block_size)
-        out["mu"] = average(mu_stored, "signed", one_minus * gm)
+        gb = _quantized.in_blocks(g.astype(f32), mu_stored, fmt["mu"].block_size)
+        out["mu"] = _blockwise.ema_scales(
+            _quantized.scales_of(mu_stored), gb, decay, "signed", squared=False
+        )
     if _quantized.is_quantized(trace):
         clamp = not (opts.s_bound and full)
-        if not clamp and opts.s_bound is not None and opts.s_bound <= _S_LIMIT_FOR_BOUNDS:
+        if not clamp and opts.s_bound is not None and opts.s_bound <= _S_LIMIT_FOR_SCALES:
             assert n.momentum is not None and n.lr is not None
             m = to_dtype(n.momentum, f32)
-            step = f32(opts.s_bound)
+            step = f32(opts.s_bound / _quantized.TOP["signed"])
             if opts.lr_in_momentum:
                 step = jnp.abs(to_dtype(n.lr, f32)) * step
-            out["trace"] = m * old(trace, "signed") + step
-    return {k: b * f32(_ROUNDING_ROOM) for k, b in out.items()}
+            scale = (m * _quantized.scales_of(trace) + step) * f32(_ROUNDING_ROOM)
+            out["trace"] = jnp.minimum(scale, _quantized.LARGEST_SCALE["signed"])
+    return out
 
 
 def _variance_kept(nu: Array, mu: Array) -> Array:
@@ -440,24 +442,24 @@ def leaf_step(
     per-element weight-decay mask (None: every element); ``key`` is None
     unless the state is rounded stochastically.
 
-    With 8-bit state, the new blocks' scales come from bounds computed from
-    the inputs (:func:`_bounds`) wherever they are finite; a step where one is
-    not (a square beyond float32's range) takes the exact path, which reduces
-    the new values, through ``lax.cond``."""
+    With 8-bit state and stochastic rounding, the new blocks' scales come from
+    bounds of the inputs (:func:`_scales`) wherever they fit float32; a step
+    where one does not (a square beyond float32's range) takes the exact path,
+    which reduces the new values, through ``lax.cond``."""
     step = functools.partial(_leaf_step, opts, axes, n, g, p, mask, nu, mu, trace, key)
-    if not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
+    if key is None or not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
         return step(None)
-    mu_values = mu
-    if mu is not None and _quantized.is_quantized(mu):
-        mu_values = None  # its bound is its stored maximum
-    bounds = _bounds(opts, n, g, p, (nu, mu, trace), mu_values, axes is None)
-    if not bounds:
+    g_eff = g
+    if not jnp.iscomplexobj(g):  # the scales bound the gradient the moments see
+        g_eff = effective_gradient(opts, g.astype(jnp.float32), p, mask, n.wd)
+    mu_values = None if mu is None or _quantized.is_quantized(mu) else mu
+    scales = _scales(opts, n, g_eff, (nu, mu, trace), mu_values, axes is None)
+    if not scales:
         return step(None)
-    finite = jnp.all(jnp.stack([jnp.all(b <= _FLOAT32_MAX) for b in bounds.values()]))
-    return jax.lax.cond(finite, lambda: step(bounds), lambda: step(None))
-
-
-_FLOAT32_MAX = float(jnp.finfo(jnp.float32).max)
+    # A scale at the top of float32's range means a square beyond it: reduce.
+    kinds = {"nu": "nu", "mu": "signed", "trace": "signed"}
+    fits = [jnp.all(s < _quantized.LARGEST_SCALE[kinds[f]]) for f, s in scales.items()]
+    return jax.lax.cond(jnp.all(jnp.stack(fits)), lambda: step(scales), lambda: step(None))
 
 
 def _leaf_step(
@@ -471,10 +473,10 @@ def _leaf_step(
     mu: Array | None,
     trace: Array | None,
     key: Array | None,
-    bounds: dict[str, Array] | None,
+    scales: dict[str, Array] | None,
 ) -> tuple[Array, Any, Array | None, Array | None]:
-    """:func:`leaf_step`, with the 8-bit blocks' bounds (None: reduce)."""
-    bounds = bounds or {}
+    """:func:`leaf_step`, with the new 8-bit blocks' scales (None: from the new values)."""
+    bounds = scales or {}
     out_dtype = jnp.result_type(g)
     split = opts.split_complex and jnp.iscomplexobj(g)
     if split:  # the gradient, the parameter and its mask, split alike (a 0-d mask broadcasts)
