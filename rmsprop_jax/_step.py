@@ -443,9 +443,11 @@ def leaf_step(
     unless the state is rounded stochastically.
 
     With 8-bit state and stochastic rounding, the new blocks' scales come from
-    bounds of the inputs (:func:`_scales`) wherever they fit float32; a step
-    where one does not (a square beyond float32's range) takes the exact path,
-    which reduces the new values, through ``lax.cond``."""
+    bounds of the inputs (:func:`_scales`). (Choosing between those and exact
+    scales at run time, where a square exceeds float32's range, would need a
+    ``lax.cond`` on a predicate over the whole leaf: an all-reduce under
+    sharding. Such a block gets the largest scale instead; see
+    docs/low_precision.md.)"""
     step = functools.partial(_leaf_step, opts, axes, n, g, p, mask, nu, mu, trace, key)
     if key is None or not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
         return step(None)
@@ -453,13 +455,7 @@ def leaf_step(
     if not jnp.iscomplexobj(g):  # the scales bound the gradient the moments see
         g_eff = effective_gradient(opts, g.astype(jnp.float32), p, mask, n.wd)
     mu_values = None if mu is None or _quantized.is_quantized(mu) else mu
-    scales = _scales(opts, n, g_eff, (nu, mu, trace), mu_values, axes is None)
-    if not scales:
-        return step(None)
-    # A scale at the top of float32's range means a square beyond it: reduce.
-    kinds = {"nu": "nu", "mu": "signed", "trace": "signed"}
-    fits = [jnp.all(s < _quantized.LARGEST_SCALE[kinds[f]]) for f, s in scales.items()]
-    return jax.lax.cond(jnp.all(jnp.stack(fits)), lambda: step(scales), lambda: step(None))
+    return step(_scales(opts, n, g_eff, (nu, mu, trace), mu_values, axes is None))
 
 
 def _leaf_step(
