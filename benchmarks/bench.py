@@ -52,6 +52,7 @@ import rmsprop_jax
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+import eight_bit_speed  # noqa: E402
 import fusion  # noqa: E402
 import param_rounding  # noqa: E402
 import trees  # noqa: E402
@@ -469,6 +470,8 @@ def main(argv=None):
 
     flat_params(args.reps, results)
     light_state(args.reps, results)
+    results["eight_bit"] = eight_bit_speed.measure(args.reps, "resnet50")
+    print("\n".join(eight_bit_speed.report(results["eight_bit"])), flush=True)
     results["param_rounding"] = param_rounding.measure(args.reps, args.quick)
     for label, r in results["param_rounding"]["ratios"].items():
         print(f"stochastic parameter rounding, {label}: {fmt(r)}x", flush=True)
@@ -597,6 +600,7 @@ def write_report(results, out):
             f"| {r['variant']} | {r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
             f"{fmt(r['time vs float32'])} |"
         )
+    lines += eight_bit_speed.report(results["eight_bit"])
     pr = results["param_rounding"]
     lines += [
         "",

