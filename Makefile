@@ -22,7 +22,7 @@ help:
 	@echo "make fuzz             the hypothesis properties and fuzz tests with many more examples"
 	@echo "make soak             100,000-step soak runs (under a minute)"
 	@echo "make bench            step time vs optax, torch, torch.compile and the bandwidth floor; fusion, flat parameters (about 26 min; --quick about 9)"
-	@echo "make accuracy-8bit    8-bit state against float32 state and bitsandbytes: digits, DQN, a char-LM (5-8 min)"
+	@echo "make accuracy-8bit    8-bit state against float32 state and bitsandbytes: digits, DQN, a char-LM (4-8 min)"
 	@echo "make golden           regenerate tests/golden_hlo/ (the compiled update, for the golden-HLO test)"
 	@echo "make test-tensorflow  TensorFlow 1 parity (installs tensorflow-cpu into .venv-tf, 2.4 GB)"
 	@echo "make docs             the documentation site, offline, warnings as errors: docs/_build/html/index.html"
