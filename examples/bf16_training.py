@@ -135,6 +135,15 @@ SETTINGS = {
     "bf16-params-stochastic": Setting(
         "bf16 params (stochastic), f32 state", jnp.bfloat16, None, False, True
     ),
+    # About 3 bytes per parameter for parameters and state together: every
+    # leaf's state in the 8-bit format (min_size=0), rounded stochastically.
+    "bf16-8bit-stochastic": Setting(
+        "bf16 params, 8-bit state, stochastic",
+        jnp.bfloat16,
+        rmsprop_jax.blockwise_8bit(min_size=0),
+        True,
+        True,
+    ),
 }
 
 
@@ -310,6 +319,7 @@ def plot(sweep: dict, main_lr: float, out: pathlib.Path) -> None:
         "bf16-stochastic": dict(color="tab:blue"),
         "bf16-params": dict(color="tab:orange", ls="--"),
         "bf16-params-stochastic": dict(color="tab:cyan", ls="--"),
+        "bf16-8bit-stochastic": dict(color="tab:green", ls=":"),
     }
     runs = sweep[main_lr]
     n_seeds = len(runs["float32"]["losses"])

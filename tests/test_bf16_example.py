@@ -83,6 +83,9 @@ def test_bytes_per_parameter_counts_params_and_state(tiny_steps):
         "bf16-stochastic": 2 + 2 + 8 / N_PARAMS,
         "bf16-params": 2 + 4 + 4 / N_PARAMS,
         "bf16-params-stochastic": 2 + 4 + 8 / N_PARAMS,
+        # a byte per parameter and a float32 scale per block of 256 (32, 1, 5
+        # and 1 blocks for the four leaves), two step counts
+        "bf16-8bit-stochastic": 2 + 1 + (4 * (32 + 1 + 5 + 1) + 8) / N_PARAMS,
     }
     for name, setting in example.SETTINGS.items():
         params = example.init_params(0, setting.param_dtype)

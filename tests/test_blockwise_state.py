@@ -428,9 +428,7 @@ def test_every_parameter_dtype(dtype, x64):
         shape = (64, 80)
         p = rng.normal(size=shape) + (1j * rng.normal(size=shape) if dtype == "complex64" else 0)
         params = {"w": jnp.asarray(p, dtype)}
-        opt = rmsprop_jax.rmsprop(
-            0.01, momentum=0.9, centered=True, nu_dtype=EIGHT, mu_dtype=EIGHT
-        )
+        opt = rmsprop_jax.rmsprop(0.01, momentum=0.9, centered=True, nu_dtype=EIGHT, mu_dtype=EIGHT)
         ref = rmsprop_jax.rmsprop(0.01, momentum=0.9, centered=True)
         state, rstate = opt.init(params), ref.init(params)
         assert isinstance(state.nu["w"], rmsprop_jax.QuantizedArray)
