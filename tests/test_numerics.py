@@ -81,6 +81,39 @@ def test_centered_steps_on_the_largest_gradients_stay_finite(eps, eps_in_sqrt, m
     assert u[0] < 0 < u[1] and u[2] < 0 and u[3] == 0, u
 
 
+@pytest.mark.parametrize(
+    "eps, eps_in_sqrt", [(1.2e-38, True), (1e-8, True), (1e-19, False), (1e-8, False)]
+)
+@pytest.mark.parametrize("momentum", [None, 0.9999999])
+@pytest.mark.parametrize("lr", [1.0, 1e30, "injected"])
+def test_factored_steps_on_the_largest_gradients_stay_finite(eps, eps_in_sqrt, momentum, lr):
+    """A factored estimate can be far below g^2 (here 0 beside the largest
+    gradient whose square is finite, and inf left out of the averages), so
+    that only eps bounds |s|: statically where the numbers are known, else by
+    the clamp."""
+    kw = dict(
+        decay=0.6,
+        eps=eps,
+        eps_in_sqrt=eps_in_sqrt,
+        momentum=momentum,
+        factored=True,
+        min_dim_size_to_factor=2,
+    )
+    if lr == "injected":
+        opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=1.0, **kw)
+    else:
+        opt = rmsprop_jax.rmsprop(lr, **kw)
+    g = jnp.array([[1.8e19, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1e-30, 1e30]], jnp.float32)
+    params = {"w": jnp.zeros((3, 3))}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for _ in range(10):
+        updates, state = update({"w": g}, state, params)
+        assert _finite(updates) and _finite(state), (updates, state)
+    u = np.asarray(updates["w"])
+    assert u[0, 0] < 0 and u[2, 1] < 0 and u[2, 2] == 0 and u[1, 1] == 0, u
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_low_precision_params_zero_and_small_gradients(dtype):
     # eps = 1e-8 underflows in float16; the denominator is computed in float32.
