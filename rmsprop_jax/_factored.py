@@ -192,13 +192,12 @@ def scales(row: Array, col: Array, a: int, correction: Array | None) -> tuple[Ar
     (the correction of :math:`r` cancels in :math:`x`); :math:`x = 0` where the
     mean is 0. Both are as small as the factors: the step multiplies them per
     element, and takes roots of them rather than of the full estimate where it
-    can (``_step.normalise``). An optimization barrier makes XLA compute them
-    once, rather than again for every element of the leaf that reads them."""
+    can (``_step.normalise``)."""
     scale = _mean(row, a)
     ok = scale > 0
     x = jnp.where(ok, row / jnp.where(ok, scale, 1), 0)
     y = col if correction is None else col / correction
-    return jax.lax.optimization_barrier((x, y))
+    return x, y
 
 
 def estimate(row: Array, col: Array, a: int) -> Array:
