@@ -73,3 +73,22 @@ def spread(xs) -> dict:
     """Median, lowest and highest."""
     xs = list(xs)
     return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
+
+
+def verdict(r: dict, target: float) -> str:
+    """Whether a ratio's rounds (lowest to highest) are all at or below ``target``,
+    all above it, or on both sides: then this run does not resolve it, whatever
+    its median says."""
+    if r["highest"] <= target:
+        return "met in every round"
+    if r["lowest"] > target:
+        return "missed in every round"
+    return "not resolved by this run"
+
+
+def ratio_cell(r: dict, target: float | None) -> str:
+    """A ratio for the report: where its rounds fall on both sides of its target,
+    the spread, not a median that would read as an answer."""
+    if target is not None and r["lowest"] <= target < r["highest"]:
+        return f"not resolved by this run: {r['lowest']:.2f}-{r['highest']:.2f}"
+    return f"{r['median']:.2f} ({r['lowest']:.2f}-{r['highest']:.2f})"
