@@ -193,10 +193,8 @@ def normalise(
         mu2 = jax.lax.min(abs_sq(mu_hat), largest)
         v = jax.lax.sub(nu_hat, jax.lax.min(mu2, nu_hat))
     eps = to_dtype(n.eps, real)
-    if opts.eps_in_sqrt:
-        d = None  # formed below: sqrt(v + eps), or its reciprocal
-    else:
-        d = jax.lax.add(_sqrt(v) if root is None else root, eps)
+    # With eps inside the root, d = sqrt(v + eps) (or its reciprocal) is formed below.
+    d = None if opts.eps_in_sqrt else jax.lax.add(_sqrt(v) if root is None else root, eps)
     if opts.eps_guard:
         # d == 0 only with eps == 0 and a zero history: s = 0 there, not 0/0.
         # The inner `where` keeps the discarded branch finite for gradients.
