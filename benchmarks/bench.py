@@ -62,6 +62,7 @@ import fusion  # noqa: E402
 import param_rounding  # noqa: E402
 import trees  # noqa: E402
 from timing import (  # noqa: E402
+    alternating_rounds,
     calibrate,
     interleaved_rounds,
     ratio_cell,
@@ -365,8 +366,8 @@ FACTORED_TARGET = 1.0
 
 def light_state(reps, results, tree_list):
     """Lighter state against float32 state, with and without momentum: per tree,
-    every variant in the same interleaved rounds, ratios per round. Each round
-    times a runner for about 0.2 s, which narrows the rounds' spread."""
+    every variant in the same rounds, alternating step by step
+    (``timing.alternating_rounds``), ratios per round."""
     variants = {
         "float32 state": dict(),
         "bfloat16 state": dict(nu_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16),
@@ -397,7 +398,7 @@ def light_state(reps, results, tree_list):
                     }
                 )
             load = _load()
-            rounds = interleaved_rounds(runners, reps, target_s=0.2)
+            rounds = alternating_rounds(runners, reps)
             med = medians(rounds)
             for row in rows:
                 row["load"] = load
@@ -426,7 +427,8 @@ def factored_vs_optax(reps, results, tree_list):
     ``optax.apply_updates`` in a donated step, on the same shapes, interleaved.
     Each keeps its own eps (ours 1e-8 added to the estimate, optax's 1e-30 added
     to the squares) and its own rule for small leaves (both factor the two
-    largest axes of leaves whose axes reach 128)."""
+    largest axes of leaves whose axes reach 128). The two alternate step by
+    step (``timing.alternating_rounds``)."""
     out = []
     for tree_name, shapes in tree_list.items():
         params = make_params(shapes)
@@ -442,7 +444,7 @@ def factored_vs_optax(reps, results, tree_list):
             ),
         }
         load = _load()
-        rounds = interleaved_rounds(runners, reps, target_s=0.2)
+        rounds = alternating_rounds(runners, reps)
         med = medians(rounds)
         row = {
             "tree": tree_name,
