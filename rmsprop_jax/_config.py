@@ -62,6 +62,7 @@ class Options:
     eps_guard: bool = True  # the denominator can be 0: s = 0 there, not 0/0
     s_bound: float | None = None  # a bound on |s| for a full second moment
     eps_s_bound: float | None = None  # a bound on |s| that eps gives any second moment
+    buffer_gain: float | None = None  # |buffer| <= buffer_gain * (a bound on |s|)
     clip_lr: bool = False  # a run-time learning rate is clipped to s_bound's limit
     momentum_unbounded: bool = False  # the buffer's bound cannot be shown at build
     run_time_check: bool = False  # some number is known only at run time: see _numbers
@@ -199,7 +200,7 @@ def configure(
         lr_in_momentum=lr_in_momentum,
         weight_decay_mode=None if numbers["weight_decay"] is None else weight_decay_mode,
         maximize=maximize,
-        **_facts(numbers, centered, eps_in_sqrt),
+        **_facts(numbers, centered, eps_in_sqrt, lr_in_momentum),
     )
     return Config(
         options=options,
@@ -239,7 +240,9 @@ def _value(x: Any) -> float | None:
     return float(np.asarray(x, np.float64)) if v.is_known(x) else None
 
 
-def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[str, Any]:
+def _facts(
+    numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool, lr_in_momentum: bool
+) -> dict[str, Any]:
     """What the known values allow the compiled step to leave out.
 
     ``s = g / d`` must stay finite, and so must ``lr * s`` and the momentum
@@ -263,6 +266,12 @@ def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[s
     - Otherwise (a run-time learning rate with centering or factoring, eps 0, or
       a bound too large for the learning rate) the step clamps ``s`` to
       ``max * (1 - m) / max(|lr|, 1)``.
+
+    Where ``|s| <= S`` statically, the buffer ``b <- m b + lr s`` (``+ s`` with the
+    rate outside it) stays within ``buffer_gain * S``, ``buffer_gain =
+    |lr| (1 + d) / (1 - m (1 + d))``, even if every store rounds it up by
+    ``d = 2**-7`` (bfloat16's relative spacing, the coarsest storage dtype): the
+    step then stores it without saturating where that bound fits the dtype.
     """
     decay, eps = _value(numbers["decay"]), _value(numbers["eps"])
     lr, m = _value(numbers["learning_rate"]), _value(numbers["momentum"])
@@ -304,7 +313,14 @@ def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[s
         for arg, x in numbers.items()
         if arg != "initial_scale" and (callable(x) or v.is_traced(x))
     ]
+    buffer_gain = None
+    if has_m and m is not None and (lr is not None or not lr_in_momentum):
+        grow = 1 + 2.0**-7
+        if m * grow < 1:
+            rate = abs(lr) if lr_in_momentum and lr is not None else 1.0
+            buffer_gain = rate * grow / (1 - m * grow)
     return dict(
+        buffer_gain=buffer_gain,
         decay_zero=decay == 0,
         decay_known=decay is not None,
         eps_guard=not eps_positive,

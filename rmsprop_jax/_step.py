@@ -411,8 +411,8 @@ def leaf_step(
     # (_config._facts); one stored in float16 can underflow to 0, which only the
     # bound from eps allows.
     full = axes is None and (opts.centered or jnp.dtype(nu.dtype) != jnp.float16)
-    bounded = (opts.s_bound is not None and full) or opts.eps_s_bound is not None
-    s = normalise(opts, g, nu_hat, mu_hat, finite, n, clamp=not bounded)
+    s_bound = opts.s_bound if opts.s_bound is not None and full else opts.eps_s_bound
+    s = normalise(opts, g, nu_hat, mu_hat, finite, n, clamp=s_bound is None)
 
     stored_trace = None
     if opts.scale_only:
@@ -422,7 +422,10 @@ def leaf_step(
         if _quantized.is_quantized(stored_in[2]):
             keep = _quantizer(stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts)
         elif trace is not None:
-            keep = _keeper(trace.dtype, keys[2], saturated=True)
+            # Saturated unless the static bounds keep it within its dtype (_config._facts).
+            gain, largest = opts.buffer_gain, float(jnp.finfo(trace.dtype).max)
+            within = s_bound is not None and gain is not None and 2 * gain * s_bound <= largest
+            keep = _keeper(trace.dtype, keys[2], saturated=not within)
         update, stored_trace = momentum_step(opts, s, trace, n, keep)
     decoupled = p is not None and opts.weight_decay_mode == "decoupled"
     if decoupled:
