@@ -21,14 +21,20 @@ the floors from the median.
 Then: trace, lowering and compile time of the 2000-leaf step for both
 configurations (ours and optax's, interleaved cold trials); the 2000-leaf and
 ResNet-50 steps on flat parameters (one vector) against per leaf; state bytes
-and step time of bfloat16 / stochastically rounded / factored state; the cost
+and step time of bfloat16 / stochastically rounded / factored state against
+float32 state, with and without momentum, on ResNet-50 and GPT-2; the
+factored step against optax.scale_by_factored_rms with the same constant
+decay (a ratio with a target, whose rounds fall on both sides of it, is
+reported as not resolved by the run); the cost
 of stochastic parameter rounding (param_rounding.py); the error of a slow
 bfloat16 average against float32; the demo classifier's accuracy with the
 factored second moment; and multi-output fusion on XLA:CPU (fusion.py, in
 subprocesses).
 
 Writes benchmarks/results/bench.md, bench.json and docs/bench.png.
-Usage: python benchmarks/bench.py [--reps 15] [--quick]
+Usage: python benchmarks/bench.py [--reps 15] [--quick] [--only-light-state]
+(the last runs the lighter-state and factored sections alone, into
+benchmarks/results/light_state.md and .json)
 """
 
 from __future__ import annotations
@@ -56,7 +62,15 @@ import eight_bit_speed  # noqa: E402
 import fusion  # noqa: E402
 import param_rounding  # noqa: E402
 import trees  # noqa: E402
-from timing import calibrate, interleaved_rounds, spread, stepper  # noqa: E402
+from timing import (  # noqa: E402
+    alternating_rounds,
+    calibrate,
+    interleaved_rounds,
+    ratio_cell,
+    spread,
+    stepper,
+    verdict,
+)
 
 CONFIGS = {
     "plain": dict(jax=dict(learning_rate=1e-3), torch=dict(lr=1e-3, alpha=0.9), arrays=5),
@@ -341,12 +355,20 @@ def flat_params(reps, results):
     results["flat_params"] = out
 
 
-def light_state(reps, results):
-    """Lighter state, on the ResNet-50 tree (momentum)."""
-    shapes = trees.resnet50()
-    params = make_params(shapes)
-    grads = jax.tree.map(lambda p: 0.1 * p, params)
-    n = trees.count(shapes)
+# The targets of the lighter-state ratios (time against float32 state, or against
+# optax's factored step): a ratio whose rounds fall on both sides of its target
+# is reported as not resolved by the run.
+LIGHT_TARGETS = {
+    "bfloat16 state": 1.0,
+    "bfloat16 + stochastic rounding": 1.1,
+}
+FACTORED_TARGET = 1.0
+
+
+def light_state(reps, results, tree_list):
+    """Lighter state against float32 state, with and without momentum: per tree,
+    every variant in the same rounds, alternating step by step
+    (``timing.alternating_rounds``), ratios per round."""
     variants = {
         "float32 state": dict(),
         "bfloat16 state": dict(nu_dtype=jnp.bfloat16, mu_dtype=jnp.bfloat16),
@@ -356,22 +378,126 @@ def light_state(reps, results):
         "factored": dict(factored=True),
         "factored + bfloat16 momentum": dict(factored=True, mu_dtype=jnp.bfloat16),
     }
-    runners, light = {}, []
-    for name, kw in variants.items():
-        opt = rmsprop_jax.rmsprop(1e-3, momentum=0.9, **kw)
-        runners[name] = stepper(opt, params, grads)
-        light.append({"variant": name, "state bytes / param": state_bytes(opt.init(params)) / n})
-    rounds = interleaved_rounds(runners, reps)
-    med = medians(rounds)
-    for row in light:
-        row["step ms"] = 1e3 * med[row["variant"]]
-        row["time vs float32"] = ratio(rounds, row["variant"], "float32 state")
+    light = []
+    for tree_name, shapes in tree_list.items():
+        params = make_params(shapes)
+        grads = jax.tree.map(lambda p: 0.1 * p, params)
+        n = trees.count(shapes)
+        for momentum in (0.9, None):
+            runners, rows = {}, []
+            for name, kw in variants.items():
+                if momentum is None and "momentum" in name:
+                    continue
+                opt = rmsprop_jax.rmsprop(1e-3, momentum=momentum, **kw)
+                runners[name] = stepper(opt, params, grads)
+                rows.append(
+                    {
+                        "tree": tree_name,
+                        "momentum": momentum,
+                        "variant": name,
+                        "state bytes / param": state_bytes(opt.init(params)) / n,
+                    }
+                )
+            load = _load()
+            rounds = alternating_rounds(runners, reps)
+            med = medians(rounds)
+            for row in rows:
+                row["load"] = load
+                row["step ms"] = 1e3 * med[row["variant"]]
+                row["time vs float32"] = ratio(rounds, row["variant"], "float32 state")
+                target = LIGHT_TARGETS.get(row["variant"])
+                if target is not None:
+                    row["target"] = target
+                    row["verdict"] = verdict(row["time vs float32"], target)
+                print(
+                    f"{tree_name:<12} {'momentum' if momentum else 'plain':<9}"
+                    f"{row['variant']:<31} {row['state bytes / param']:.3f} B/param, step "
+                    f"{row['step ms']:7.2f} ms ({fmt(row['time vs float32'])}x)"
+                    + (f"  <= {target}: {row['verdict']}" if target is not None else ""),
+                    flush=True,
+                )
+            light.extend(rows)
+            del runners
+    results["light_state"] = light
+
+
+def factored_vs_optax(reps, results, tree_list):
+    """``scale_by_rms(factored=True)`` against ``optax.scale_by_factored_rms``
+    with the same constant decay (0.9: optax's decay schedule replaced by a
+    constant through ``decay_rate_fn``), each followed by
+    ``optax.apply_updates`` in a donated step, on the same shapes, interleaved.
+    Each keeps its own eps (ours 1e-8 added to the estimate, optax's 1e-30 added
+    to the squares) and its own rule for small leaves (both factor the two
+    largest axes of leaves whose axes reach 128). The two alternate step by
+    step (``timing.alternating_rounds``)."""
+    out = []
+    for tree_name, shapes in tree_list.items():
+        params = make_params(shapes)
+        grads = jax.tree.map(lambda p: 0.1 * p, params)
+        runners = {
+            "rmsprop_jax": stepper(
+                rmsprop_jax.scale_by_rms(decay=0.9, factored=True), params, grads
+            ),
+            "optax": stepper(
+                optax.scale_by_factored_rms(decay_rate=0.9, decay_rate_fn=lambda t, d: d),
+                params,
+                grads,
+            ),
+        }
+        load = _load()
+        rounds = alternating_rounds(runners, reps)
+        med = medians(rounds)
+        row = {
+            "tree": tree_name,
+            "load": load,
+            "rmsprop_jax ms": 1e3 * med["rmsprop_jax"],
+            "optax ms": 1e3 * med["optax"],
+            "ours/optax": ratio(rounds, "rmsprop_jax", "optax"),
+            "target": FACTORED_TARGET,
+        }
+        row["verdict"] = verdict(row["ours/optax"], FACTORED_TARGET)
+        out.append(row)
         print(
-            f"{row['variant']:<32} state {row['state bytes / param']:.3f} B/param, "
-            f"step {row['step ms']:.2f} ms ({fmt(row['time vs float32'])}x)",
+            f"factored, {tree_name}: ours {row['rmsprop_jax ms']:.2f} ms, optax "
+            f"{row['optax ms']:.2f} ms, ours/optax {fmt(row['ours/optax'])}  "
+            f"<= {FACTORED_TARGET}: {row['verdict']}",
             flush=True,
         )
-    results["light_state"] = light
+        del runners
+    results["factored_vs_optax"] = out
+
+
+def light_state_report(results) -> list[str]:
+    """The lighter-state and factored tables, each ratio with its verdict."""
+    lines = [
+        "Lighter state against float32 state (rmsprop, lr 1e-3; per-round ratios: median "
+        "(lowest-highest round); a ratio with a target says whether every round met it):",
+        "",
+        "| tree | momentum | state | bytes / param | step ms | time vs float32 | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["light_state"]:
+        target = f"<= {r['target']}: {r['verdict']}" if "target" in r else "-"
+        lines.append(
+            f"| {r['tree']} | {r['momentum'] or 'none'} | {r['variant']} | "
+            f"{r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
+            f"{ratio_cell(r['time vs float32'], r.get('target'))} | {target} |"
+        )
+    lines += [
+        "",
+        "Factored second moment: scale_by_rms(decay=0.9, factored=True) against "
+        "optax.scale_by_factored_rms(decay_rate=0.9, decay_rate_fn=constant), each with "
+        "optax.apply_updates, donated:",
+        "",
+        "| tree | rmsprop_jax ms | optax ms | ours/optax | target |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["factored_vs_optax"]:
+        lines.append(
+            f"| {r['tree']} | {r['rmsprop_jax ms']:.2f} | {r['optax ms']:.2f} | "
+            f"{ratio_cell(r['ours/optax'], r['target'])} | <= {r['target']}: {r['verdict']} |"
+        )
+    return lines
 
 
 def main(argv=None):
@@ -397,9 +523,33 @@ def main(argv=None):
         help="compile torch's step only for trees with at most this many tensors",
     )
     parser.add_argument("--no-fusion", action="store_true", help="skip the fusion subprocesses")
+    parser.add_argument(
+        "--only-light-state",
+        action="store_true",
+        help="only the lighter-state and factored-vs-optax sections (writes light_state.md)",
+    )
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+
+    large = {"ResNet-50": trees.resnet50()}
+    if not args.quick:
+        large["GPT-2 small"] = trees.gpt2_small()
+    if args.only_light_state:
+        results = {"reps": args.reps, "quick": args.quick, "load before": _load()}
+        light_state(args.reps, results, large)
+        factored_vs_optax(args.reps, results, large)
+        results["load after"] = _load()
+        lines = [
+            f"{results['reps']} interleaved rounds; {results['load before']} at the start, "
+            f"{results['load after']} at the end.",
+            "",
+            *light_state_report(results),
+        ]
+        (out / "light_state.md").write_text("\n".join(lines) + "\n")
+        (out / "light_state.json").write_text(json.dumps(results, indent=2))
+        print("\n".join(lines))
+        return results
 
     tree_list = {"ResNet-50": trees.resnet50(), "2000 small leaves": trees.small_leaves()}
     if not args.quick:
@@ -469,7 +619,8 @@ def main(argv=None):
     del small
 
     flat_params(args.reps, results)
-    light_state(args.reps, results)
+    light_state(args.reps, results, large)
+    factored_vs_optax(args.reps, results, large)
     results["eight_bit"] = eight_bit_speed.measure(args.reps, "resnet50")
     print("\n".join(eight_bit_speed.report(results["eight_bit"])), flush=True)
     results["param_rounding"] = param_rounding.measure(args.reps, args.quick)
@@ -590,16 +741,7 @@ def write_report(results, out):
             f"| {r['tree']} | {r['config']} | {r['per leaf ms']:.3f} | {r['flat ms']:.3f} | "
             f"{fmt(r['speed-up'], 1)} |"
         )
-    lines += [
-        "",
-        "| state (ResNet-50, momentum) | bytes / param | step ms | time vs float32 |",
-        "|---|---|---|---|",
-    ]
-    for r in results["light_state"]:
-        lines.append(
-            f"| {r['variant']} | {r['state bytes / param']:.3f} | {r['step ms']:.2f} | "
-            f"{fmt(r['time vs float32'])} |"
-        )
+    lines += ["", *light_state_report(results)]
     lines += eight_bit_speed.report(results["eight_bit"])
     pr = results["param_rounding"]
     lines += [

@@ -69,7 +69,50 @@ def interleaved_rounds(runners: dict, reps: int, target_s: float = 0.05) -> list
     return rounds
 
 
+def alternating_rounds(runners: dict, reps: int, target_s: float = 0.2) -> list[dict]:
+    """Seconds per step of each runner in ``reps`` rounds, the runners alternating
+    step by step: a round is a number of cycles (about ``target_s`` of the
+    slowest runner), each cycle one step of every runner in an order that
+    rotates from cycle to cycle. A slow moment of a shared machine then falls
+    on every runner of a round nearly alike, so the ratios taken within a round
+    scatter less than with :func:`interleaved_rounds`, whose runners each take
+    a block of steps in turn. (Each step is timed on its own: the Python call
+    and the wait for its result, some 0.1 ms, add to every runner alike.)"""
+    cycles = min(calibrate(run, target_s) for run in runners.values())
+    names = list(runners)
+    rounds = []
+    for r in range(reps):
+        total = dict.fromkeys(names, 0.0)
+        for c in range(cycles):
+            k = (r * cycles + c) % len(names)
+            for name in names[k:] + names[:k]:
+                t0 = time.perf_counter()
+                runners[name](1)
+                total[name] += time.perf_counter() - t0
+        rounds.append({name: t / cycles for name, t in total.items()})
+    return rounds
+
+
 def spread(xs) -> dict:
     """Median, lowest and highest."""
     xs = list(xs)
     return {"median": statistics.median(xs), "lowest": min(xs), "highest": max(xs)}
+
+
+def verdict(r: dict, target: float) -> str:
+    """Whether a ratio's rounds (lowest to highest) are all at or below ``target``,
+    all above it, or on both sides: then this run does not resolve it, whatever
+    its median says."""
+    if r["highest"] <= target:
+        return "met in every round"
+    if r["lowest"] > target:
+        return "missed in every round"
+    return "not resolved by this run"
+
+
+def ratio_cell(r: dict, target: float | None) -> str:
+    """A ratio for the report: where its rounds fall on both sides of its target,
+    the spread, not a median that would read as an answer."""
+    if target is not None and r["lowest"] <= target < r["highest"]:
+        return f"not resolved by this run: {r['lowest']:.2f}-{r['highest']:.2f}"
+    return f"{r['median']:.2f} ({r['lowest']:.2f}-{r['highest']:.2f})"

@@ -61,6 +61,8 @@ class Options:
     decay_known: bool = True  # else a run-time decay of 1 meets inf as 0
     eps_guard: bool = True  # the denominator can be 0: s = 0 there, not 0/0
     s_bound: float | None = None  # a bound on |s| for a full second moment
+    eps_s_bound: float | None = None  # a bound on |s| that eps gives any second moment
+    buffer_gain: float | None = None  # |buffer| <= buffer_gain * (a bound on |s|)
     clip_lr: bool = False  # a run-time learning rate is clipped to s_bound's limit
     momentum_unbounded: bool = False  # the buffer's bound cannot be shown at build
     run_time_check: bool = False  # some number is known only at run time: see _numbers
@@ -198,7 +200,7 @@ def configure(
         lr_in_momentum=lr_in_momentum,
         weight_decay_mode=None if numbers["weight_decay"] is None else weight_decay_mode,
         maximize=maximize,
-        **_facts(numbers, centered, eps_in_sqrt),
+        **_facts(numbers, centered, eps_in_sqrt, lr_in_momentum),
     )
     return Config(
         options=options,
@@ -238,7 +240,9 @@ def _value(x: Any) -> float | None:
     return float(np.asarray(x, np.float64)) if v.is_known(x) else None
 
 
-def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[str, Any]:
+def _facts(
+    numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool, lr_in_momentum: bool
+) -> dict[str, Any]:
     """What the known values allow the compiled step to leave out.
 
     ``s = g / d`` must stay finite, and so must ``lr * s`` and the momentum
@@ -256,48 +260,72 @@ def _facts(numbers: dict[str, Any], centered: bool, eps_in_sqrt: bool) -> dict[s
       (it holds ``(1 - decay) g^2``), so ``|g| <= sqrt(max)`` and
       ``|s| <= sqrt(max) / sqrt(eps)`` (``/ eps`` with eps outside the root;
       doubled for rounding). This holds however ``nu`` is stored.
-    - Otherwise (a factored second moment, a run-time learning rate with
-      centering, or a bound too large for the learning rate) the step clamps
-      ``s`` to ``max * (1 - m) / max(|lr|, 1)``.
+    - The same bound from eps holds for a factored second moment (``s = 0``
+      where ``g^2`` overflowed) and a full one that a narrow dtype can round to
+      0 (``eps_s_bound``), where the learning rate and momentum are known.
+    - Otherwise (a run-time learning rate with centering or factoring, eps 0, or
+      a bound too large for the learning rate) the step clamps ``s`` to
+      ``max * (1 - m) / max(|lr|, 1)``.
+
+    Where ``|s| <= S`` statically, the buffer ``b <- m b + lr s`` (``+ s`` with the
+    rate outside it) stays within ``buffer_gain * S``, ``buffer_gain =
+    |lr| (1 + d) / (1 - m (1 + d))``, even if every store rounds it up by
+    ``d = 2**-7`` (bfloat16's relative spacing, the coarsest storage dtype): the
+    step then stores it without saturating where that bound fits the dtype.
     """
     decay, eps = _value(numbers["decay"]), _value(numbers["eps"])
     lr, m = _value(numbers["learning_rate"]), _value(numbers["momentum"])
     has_m = numbers["momentum"] is not None
     m_known = not has_m or m is not None
     eps_positive = eps is not None and eps >= float(_F32.tiny)  # XLA flushes subnormals
-    bound = None
-    if decay is not None:
-        if not centered:
-            bound = 2.0 / float(np.sqrt(1 - decay))
-        elif eps_positive:
-            assert eps is not None
-            root_max = float(np.sqrt(float(_F32.max)))
-            bound = 2.0 * root_max / (float(np.sqrt(eps)) if eps_in_sqrt else eps)
-            bound = bound if bound <= float(_F32.max) else None
-    clip_lr = False
-    if bound is not None and numbers["learning_rate"] is not None:
+    eps_bound = None
+    if eps_positive and decay is not None:
+        assert eps is not None
+        root_max = float(np.sqrt(float(_F32.max)))
+        eps_bound = 2.0 * root_max / (float(np.sqrt(eps)) if eps_in_sqrt else eps)
+        eps_bound = eps_bound if eps_bound <= float(_F32.max) else None
+    has_lr = numbers["learning_rate"] is not None
+
+    def fits(bound: float | None) -> float | None:
+        """``bound`` where the known learning rate and momentum keep ``lr * s`` and
+        the buffer within range with it; None where they do not, or are not known."""
+        if bound is None or not has_lr:
+            return bound
         if lr is None or not m_known:
-            if centered:
-                # Clipping the rate at max * (1 - m) / bound could change a finite
-                # step here (the bound is loose): clamp s instead.
-                bound = None
-            else:
-                clip_lr = True
+            return None
+        one_minus_m = max(1 - (m or 0.0), float(_F32.eps))
+        return None if max(abs(lr), 1.0) * bound > float(_F32.max) * one_minus_m else bound
+
+    clip_lr = False
+    if centered:
+        # Clipping a run-time rate at max * (1 - m) / bound could change a finite
+        # step here (the bound is loose): s is clamped instead.
+        bound = fits(eps_bound)
+    else:
+        bound = None if decay is None else 2.0 / float(np.sqrt(1 - decay))
+        if bound is not None and has_lr and (lr is None or not m_known):
+            clip_lr = True
         else:
-            one_minus_m = max(1 - (m or 0.0), float(_F32.eps))
-            if max(abs(lr), 1.0) * bound > float(_F32.max) * one_minus_m:
-                bound = None  # a learning rate this large: clamp s instead
+            bound = fits(bound)
     # initial_scale is read by init alone.
     run_time = [
         x
         for arg, x in numbers.items()
         if arg != "initial_scale" and (callable(x) or v.is_traced(x))
     ]
+    buffer_gain = None
+    if has_m and m is not None and (lr is not None or not lr_in_momentum):
+        grow = 1 + 2.0**-7
+        if m * grow < 1:
+            rate = abs(lr) if lr_in_momentum and lr is not None else 1.0
+            buffer_gain = rate * grow / (1 - m * grow)
     return dict(
+        buffer_gain=buffer_gain,
         decay_zero=decay == 0,
         decay_known=decay is not None,
         eps_guard=not eps_positive,
         s_bound=bound,
+        eps_s_bound=fits(eps_bound),
         clip_lr=clip_lr,
         momentum_unbounded=has_m and (m is None or 1 - m < float(_F32.eps)),
         run_time_check=bool(run_time),

@@ -106,8 +106,59 @@ def _mean(x: Array, axis: int) -> Array:
     return jnp.sum(x * (1 / x.shape[axis]), axis=axis, keepdims=True)
 
 
+def finite_square(g: Array) -> Array:
+    r"""Where :math:`|g|^2` is finite (False where it overflowed, or ``g`` is NaN).
+
+    For real ``g`` this is :math:`|g| < 2^{e/2}`, ``e`` the dtype's ``maxexp``:
+    the largest float below :math:`2^{e/2}` squares to less than the largest
+    finite value plus half its ulp, and :math:`2^{e/2}` squares to :math:`2^e`,
+    which rounds to inf. It needs no square, so that the compiled step has no
+    product :math:`g \cdot g` besides those of the two sums (see :func:`means`)."""
+    if jnp.iscomplexobj(g):
+        return _square(g) < jnp.inf
+    limit = 2.0 ** (jnp.finfo(g.dtype).maxexp // 2)
+    return jax.lax.lt(jax.lax.abs(g), jnp.asarray(limit, g.dtype))
+
+
+def _square(g: Array) -> Array:
+    """:math:`|g|^2` as ``g * g`` (real) or ``re^2 + im^2`` (complex)."""
+    if jnp.iscomplexobj(g):
+        re, im = jax.lax.real(g), jax.lax.imag(g)
+        return re * re + im * im
+    return g * g
+
+
+def means(g: Array, axes: tuple[int, int], real: jnp.dtype) -> tuple[Array, Array]:
+    r"""The means of :math:`|g|^2` over axis ``b`` (rows) and over axis ``a``
+    (columns), squares that overflowed (or are NaN) left out.
+
+    Where every square and both sums are finite, each mean is its sum divided by
+    the number of terms. The two sums square ``g`` separately (the second behind
+    an optimization barrier, so that XLA cannot merge the two products): XLA's
+    CPU backend then reduces straight from ``g`` twice rather than writing
+    :math:`|g|^2` out in full and reading it back (a leaf-sized temporary, fresh
+    memory on every step). Elsewhere, a ``lax.cond`` takes the masked mean, each
+    term divided before the sum (:func:`_mean`), which stays finite."""
+    a, b = axes
+    row_sum = jnp.sum(_square(g), axis=b, keepdims=True)
+    twin = jax.lax.optimization_barrier(g)
+    col_sum = jnp.sum(_square(twin), axis=a, keepdims=True)
+    ok = jnp.logical_and(jnp.all(jnp.isfinite(row_sum)), jnp.all(jnp.isfinite(col_sum)))
+
+    def divided() -> tuple[Array, Array]:
+        return row_sum / g.shape[b], col_sum / g.shape[a]
+
+    def masked() -> tuple[Array, Array]:
+        g2 = _square(g)
+        g2 = jnp.where(g2 < jnp.inf, g2, 0)
+        return _mean(g2, b), _mean(g2, a)
+
+    row, col = jax.lax.cond(ok, divided, masked)
+    return row.astype(real), col.astype(real)
+
+
 def update(
-    g2: Array,
+    g: Array,
     row: Array,
     col: Array,
     axes: tuple[int, int],
@@ -123,16 +174,30 @@ def update(
     coordinate's step is made 0 (see ``_step.normalise``): the factored
     counterpart of a full second moment that becomes inf there. ``decay`` is
     None where it is zero."""
-    a, b = axes
-    finite = g2 < jnp.inf
-    g2 = jnp.where(finite, g2, 0)
     largest = jnp.finfo(real).max
-    new_row = one_minus_decay * _mean(g2, b)
-    new_col = one_minus_decay * _mean(g2, a)
+    mean_row, mean_col = means(g, axes, real)
+    new_row = one_minus_decay * mean_row
+    new_col = one_minus_decay * mean_col
     if decay is not None:
         new_row = new_row + decay * row.astype(real)
         new_col = new_col + decay * col.astype(real)
-    return jnp.minimum(new_row, largest), jnp.minimum(new_col, largest), finite
+    return jnp.minimum(new_row, largest), jnp.minimum(new_col, largest), finite_square(g)
+
+
+def scales(row: Array, col: Array, a: int, correction: Array | None) -> tuple[Array, Array]:
+    r"""(x, y), the factors of the debiased estimate :math:`\hat\nu_{ij} = x_i y_j`:
+
+    .. math:: x = r / \operatorname{mean}_a r, \qquad y = c / (1 - \rho^t)
+
+    (the correction of :math:`r` cancels in :math:`x`); :math:`x = 0` where the
+    mean is 0. Both are as small as the factors: the step multiplies them per
+    element, and takes roots of them rather than of the full estimate where it
+    can (``_step.normalise``)."""
+    scale = _mean(row, a)
+    ok = scale > 0
+    x = jnp.where(ok, row / jnp.where(ok, scale, 1), 0)
+    y = col if correction is None else col / correction
+    return x, y
 
 
 def estimate(row: Array, col: Array, a: int) -> Array:
@@ -140,6 +205,5 @@ def estimate(row: Array, col: Array, a: int) -> Array:
 
     Dividing first keeps the product from overflowing: row / mean(row) is at
     most the number of rows."""
-    scale = _mean(row, a)
-    ok = scale > 0
-    return jnp.where(ok, (row / jnp.where(ok, scale, 1)) * col, 0)
+    x, y = scales(row, col, a, None)
+    return x * y

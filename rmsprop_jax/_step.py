@@ -114,16 +114,15 @@ def moments(
     r"""(nu, mu, finite): :math:`\nu \leftarrow \rho\nu + (1-\rho)|g|^2` (or its factors);
     :math:`\mu \leftarrow \rho\mu + (1-\rho)g` when centered; for factored
     leaves, where :math:`|g|^2` is finite (see ``_factored.update``)."""
-    g2 = abs_sq(g)
     finite = None
     decay = None if n.decay is None else to_dtype(n.decay, real)
     one_minus_decay = to_dtype(n.one_minus_decay, real)
     if axes is not None:
         row, col, rebuild = _factored.unpack(nu, axes)
-        row, col, finite = _factored.update(g2, row, col, axes, decay, one_minus_decay, real)
+        row, col, finite = _factored.update(g, row, col, axes, decay, one_minus_decay, real)
         new_nu: Any = rebuild(row, col)
     else:
-        new_nu = jax.lax.mul(one_minus_decay, g2)
+        new_nu = jax.lax.mul(one_minus_decay, abs_sq(g))
         decayed = _decayed(decay, opts.decay_known, to_dtype(nu, real))
         if decayed is not None:
             new_nu = jax.lax.add(new_nu, decayed)
@@ -141,16 +140,15 @@ def moments(
 
 def debias(
     nu: Any, mu: Array | None, n: Numbers, axes: tuple[int, int] | None, real: jnp.dtype
-) -> tuple[Array, Array | None]:
+) -> tuple[Any, Array | None]:
     r""":math:`\hat\nu = \nu / (1 - \rho^t)`, :math:`\hat\mu = \mu / (1 - \rho^t)`
-    with bias correction, else the averages themselves; a factored
-    :math:`\nu` is expanded to its full estimate here."""
+    with bias correction, else the averages themselves. A factored estimate is
+    kept as its two factors, :math:`\hat\nu_{ij} = x_i y_j` (``_factored.scales``)."""
     correction = None if n.correction is None else to_dtype(n.correction, real)
+    nu_hat: Any
     if axes is not None:
         row, col, _ = _factored.unpack(nu, axes)
-        if correction is not None:
-            row, col = row / correction, col / correction
-        nu_hat = _factored.estimate(row, col, axes[0])
+        nu_hat = _factored.scales(row, col, axes[0], correction)
     else:
         nu_hat = nu if correction is None else jax.lax.div(nu, correction)
     mu_hat = mu
@@ -162,7 +160,7 @@ def debias(
 def normalise(
     opts: Options,
     g: Array,
-    nu_hat: Array,
+    nu_hat: Any,
     mu_hat: Array | None,
     finite: Array | None,
     n: Numbers,
@@ -171,12 +169,27 @@ def normalise(
     r""":math:`s = g / d`, :math:`d = \sqrt{v + \epsilon}` or :math:`\sqrt{v} + \epsilon`,
     with :math:`v = \max(\hat\nu - |\hat\mu|^2, 0)` when centered, else :math:`\hat\nu`.
 
+    A factored :math:`\hat\nu_{ij} = x_i y_j` comes as its factors: with eps
+    outside the root, :math:`\sqrt{\hat\nu_{ij}} = \sqrt{x_i}\sqrt{y_j}` takes
+    its roots of the factors, so each element costs a multiply and a divide;
+    with eps inside, :math:`v = x_i y_j` is formed per element.
+
     Where :math:`d = 0` (only with ``eps == 0`` and no history) :math:`s = 0`,
     not 0/0; where a square overflowed, :math:`s = 0` (a full :math:`\nu` is inf
     there, which gives it; a factored one says so through ``finite``); and, with
     ``clamp``, :math:`|s|` is bounded so that later products stay finite."""
-    work, real = g.dtype, nu_hat.dtype
-    v = nu_hat
+    work = g.dtype
+    root = None  # sqrt(v), where it is had without a root per element
+    if isinstance(nu_hat, tuple):
+        x, y = nu_hat
+        real = x.dtype
+        if opts.eps_in_sqrt:
+            v = jax.lax.mul(x, y)
+        else:
+            root = jax.lax.mul(_sqrt(x), _sqrt(y))
+    else:
+        real = nu_hat.dtype
+        v = nu_hat
     if opts.centered:
         assert mu_hat is not None
         # v = nu - min(mu^2, nu) is max(nu - mu^2, 0) to the last bit, in one
@@ -189,16 +202,18 @@ def normalise(
         mu2 = jax.lax.min(abs_sq(mu_hat), largest)
         v = jax.lax.sub(nu_hat, jax.lax.min(mu2, nu_hat))
     eps = to_dtype(n.eps, real)
+    # With eps inside the root, d = sqrt(v + eps) (or its reciprocal) is formed below.
+    d = None if opts.eps_in_sqrt else jax.lax.add(_sqrt(v) if root is None else root, eps)
     if opts.eps_guard:
         # d == 0 only with eps == 0 and a zero history: s = 0 there, not 0/0.
         # The inner `where` keeps the discarded branch finite for gradients.
-        d = _sqrt(v + eps) if opts.eps_in_sqrt else _sqrt(v) + eps
+        d = _sqrt(v + eps) if d is None else d
         positive = d > 0
         s = jnp.where(positive, g / jnp.where(positive, d, 1).astype(work), 0)
-    elif opts.eps_in_sqrt:
+    elif d is None:
         s = jax.lax.mul(g, to_dtype(jax.lax.rsqrt(jax.lax.add(v, eps)), work))  # as optax does
     else:
-        s = jax.lax.div(g, to_dtype(jax.lax.add(_sqrt(v), eps), work))
+        s = jax.lax.div(g, to_dtype(d, work))
     if finite is not None:
         s = jnp.where(finite, s, 0)
     if not clamp:
@@ -519,10 +534,12 @@ def _leaf_step(
             keep_mu = _keeper(mu.dtype, keys[1], saturated=True)
         stored_mu, new_mu = keep_mu(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, n, axes, real)
-    # |s| needs a clamp unless a full second moment bounds it (_config._facts);
-    # one stored in float16 can underflow to 0, which only the centered bound allows.
+    # |s| needs a clamp unless a full second moment bounds it, or eps does
+    # (_config._facts); one stored in float16 can underflow to 0, which only the
+    # bound from eps allows.
     full = axes is None and (opts.centered or jnp.dtype(nu.dtype) != jnp.float16)
-    s = normalise(opts, g, nu_hat, mu_hat, finite, n, clamp=not (opts.s_bound and full))
+    s_bound = opts.s_bound if opts.s_bound is not None and full else opts.eps_s_bound
+    s = normalise(opts, g, nu_hat, mu_hat, finite, n, clamp=s_bound is None)
 
     stored_trace = None
     if opts.scale_only:
@@ -534,7 +551,10 @@ def _leaf_step(
                 stored_in[2], opts.mu_dtype, "signed", keys[2], trace_parts, bounds.get("trace")
             )
         elif trace is not None:
-            keep = _keeper(trace.dtype, keys[2], saturated=True)
+            # Saturated unless the static bounds keep it within its dtype (_config._facts).
+            gain, largest = opts.buffer_gain, float(jnp.finfo(trace.dtype).max)
+            within = s_bound is not None and gain is not None and 2 * gain * s_bound <= largest
+            keep = _keeper(trace.dtype, keys[2], saturated=not within)
         update, stored_trace = momentum_step(opts, s, trace, n, keep)
     decoupled = p is not None and opts.weight_decay_mode == "decoupled"
     if decoupled:

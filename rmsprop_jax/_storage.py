@@ -38,30 +38,56 @@ def mix(*words: Any) -> Array:
     return h
 
 
+def _index(shape: tuple[int, ...]) -> Array:
+    """Each element's position in row-major order, as uint32 (modulo 2**32)."""
+    size = int(np.prod(shape))
+    return jax.lax.iota(jnp.uint32, size).reshape(shape)
+
+
 def hash_bits(key: Array, shape: tuple[int, ...]) -> Array:
     """32 well-spread random bits per element, from a counter-based hash of
     (key, element index): the murmur3 finaliser of the index mixed with a
     32-bit key, a few integer operations that XLA fuses into the step.
     Rounding needs well-spread bits, not cryptographic ones; the result is
     deterministic."""
-    size = int(np.prod(shape))
-    if size == 0:
+    if int(np.prod(shape)) == 0:
         return jnp.zeros(shape, jnp.uint32)
-    x = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    x = x * jnp.uint32(0x9E3779B1) + key
+    x = _index(shape) * jnp.uint32(0x9E3779B1) + key
     x = (x ^ (x >> 16)) * jnp.uint32(0x85EBCA6B)
     x = (x ^ (x >> 13)) * jnp.uint32(0xC2B2AE35)
     return x ^ (x >> 16)
 
 
+def round_bits(key: Array, shape: tuple[int, ...]) -> Array:
+    r"""Random bits for stochastic rounding, in the *high* bits of a uint32 per
+    element: one xorshift-multiply round of a Weyl sequence,
+
+    .. math:: x = i \cdot \varphi + k, \qquad
+              h = (x \oplus (x \gg 15)) \cdot c \bmod 2^{32},
+
+    where :math:`i` is the element's index and :math:`k` a 32-bit key that
+    changes every step. A multiply carries every bit of its operand into the
+    high bits of the product and none into the low ones, so the callers take
+    the high bits (16 for bfloat16). For each element, :math:`k` makes the bits
+    uniform and independent from step to step, which is what makes the rounding
+    unbiased; the xorshift breaks the lattice that neighbouring elements'
+    bits would otherwise form (``tests/test_low_precision.py`` checks both).
+    Two multiplies per element where :func:`hash_bits` takes three."""
+    if int(np.prod(shape)) == 0:
+        return jnp.zeros(shape, jnp.uint32)
+    x = _index(shape) * jnp.uint32(0x9E3779B1) + key
+    return (x ^ (x >> 15)) * jnp.uint32(0x2C1B3C6D)
+
+
 def _drop_bits(x: Array, drop: int, bits: Array) -> Array:
     """Rounds float32 ``x`` to ``23 - drop`` mantissa bits stochastically: adds
-    ``drop`` random bits below the kept ones and truncates. The magnitude rounds
-    up with probability equal to the fraction of the gap it covers, for either
-    sign; inf stays inf (its low bits are 0, so nothing carries)."""
+    ``drop`` random bits (the high ones of ``bits``) below the kept ones and
+    truncates. The magnitude rounds up with probability equal to the fraction
+    of the gap it covers, for either sign; inf stays inf (its low bits are 0,
+    so nothing carries)."""
     mask = jnp.uint32((1 << drop) - 1)
     raw = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    return jax.lax.bitcast_convert_type((raw + (bits & mask)) & ~mask, jnp.float32)
+    return jax.lax.bitcast_convert_type((raw + (bits >> (32 - drop))) & ~mask, jnp.float32)
 
 
 def stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
@@ -74,10 +100,11 @@ def stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
     (bfloat16 keeps float32's exponent, so dropping 16 mantissa bits is exact;
     float16 drops 13 in its normal range and uses its fixed 2**-24 grid below
     it), which XLA cannot simplify away as it may a float round trip. ``x``
-    must lie within ``dtype``'s range (callers saturate first)."""
+    must lie within ``dtype``'s range (callers saturate first). The random
+    bits are :func:`round_bits`."""
     dtype = jnp.dtype(dtype)
     if x.dtype == jnp.float32 and dtype in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
-        bits = hash_bits(key, jnp.shape(x))
+        bits = round_bits(key, jnp.shape(x))
         if dtype == jnp.bfloat16:
             return _drop_bits(x, 16, bits).astype(dtype)
         normal = _drop_bits(x, 13, bits)
@@ -92,7 +119,7 @@ def stochastic_round(x: Array, dtype: jnp.dtype, key: Array) -> Array:
     gap = other.astype(x.dtype) - back  # same sign as err, or inf at the top of the range
     ok = (err != 0) & jnp.isfinite(gap) & (gap != 0)
     p = jnp.where(ok, err / jnp.where(ok, gap, 1), 0)
-    uniform = (hash_bits(key, jnp.shape(x)) >> 8).astype(x.dtype) * 2.0**-24
+    uniform = (round_bits(key, jnp.shape(x)) >> 8).astype(x.dtype) * 2.0**-24
     return jnp.where(uniform < p, other, nearest)
 
 

@@ -97,14 +97,50 @@ def _compiled_update(opt, params) -> str:
         (dict(centered=True, learning_rate=optax.linear_schedule(0.1, 0.0, 100)), True),
         (dict(), False),
         (dict(learning_rate=optax.linear_schedule(0.1, 0.0, 100)), False),
+        # A factored estimate can be far below g^2: only eps bounds s.
+        (dict(factored=True, min_dim_size_to_factor=2, momentum=0.9), False),
+        (dict(factored=True, min_dim_size_to_factor=2, eps_in_sqrt=False), False),
+        (dict(factored=True, min_dim_size_to_factor=2, eps=0.0), True),
+        (dict(factored=True, min_dim_size_to_factor=2, eps=1e-30, eps_in_sqrt=False), True),
+        (
+            dict(
+                factored=True,
+                min_dim_size_to_factor=2,
+                learning_rate=optax.linear_schedule(0.1, 0.0, 100),
+            ),
+            True,
+        ),
     ],
 )
 def test_the_normalised_gradient_is_clamped_only_without_a_static_bound(kw, clamped):
-    """Where eps, the decay and the learning rate are numbers, the centered
-    step's |s| is bounded by sqrt(max) / sqrt(eps) and the learning rate is
-    checked against it once: the program has no per-leaf clamp (a sixth of the
-    centered step's instructions). Elsewhere s is clamped (test_numerics checks
-    that both stay finite at the extremes)."""
+    """Where eps, the decay and the learning rate are numbers, the centered (or
+    factored) step's |s| is bounded by sqrt(max) / sqrt(eps) and the learning
+    rate is checked against it once: the program has no per-leaf clamp (a sixth
+    of the centered step's instructions). Elsewhere s is clamped (test_numerics
+    checks that both stay finite at the extremes)."""
     kw = {"learning_rate": 0.1, **kw}
     hlo = _compiled_update(rmsprop_jax.rmsprop(**kw), {"w": jnp.ones((16, 8))})
     assert (" clamp(" in hlo) == clamped, hlo
+
+
+@pytest.mark.parametrize(
+    "kw, saturated",
+    [
+        (dict(momentum=0.9), False),
+        (dict(momentum=0.9, stochastic_rounding=True), False),
+        (dict(momentum=0.9, lr_in_momentum=False), False),
+        (dict(momentum=0.9, learning_rate=1e36), False),
+        (dict(momentum=0.9, learning_rate=5e36), True),  # 2 * bound past bfloat16's range
+        (dict(momentum=0.999), True),  # 0.999 * (1 + 2**-7) > 1: no static bound
+        (dict(momentum=0.9, learning_rate=optax.linear_schedule(0.1, 0.0, 100)), True),
+        (dict(momentum=0.9, factored=True, min_dim_size_to_factor=2), False),
+    ],
+)
+def test_a_narrow_momentum_buffer_is_saturated_only_without_a_static_bound(kw, saturated):
+    """The bfloat16 buffer is clamped to bfloat16's range before it is stored
+    unless the bound on |s| and the known learning rate and momentum keep it
+    there (_config._facts): two instructions per element of the buffer's loop."""
+    kw = {"learning_rate": 1e-3, "mu_dtype": jnp.bfloat16, **kw}
+    hlo = _compiled_update(rmsprop_jax.rmsprop(**kw), {"w": jnp.ones((16, 8))})
+    bf16_max = "3.38953139e+38"
+    assert (bf16_max in hlo) == saturated, hlo

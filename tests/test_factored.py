@@ -4,6 +4,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from helpers import ROOT, load_module
 
 import rmsprop_jax
@@ -87,3 +88,67 @@ def test_factored_state_inside_flax_nnx_optimizer():
     with jax.numpy_dtype_promotion("standard"):
         losses = [float(step(model, optimizer, x)) for _ in range(5)]
     assert losses[-1] < losses[0]
+
+
+def test_finite_square_is_the_square_being_finite():
+    """|g| < 2**(maxexp / 2) holds exactly where g * g is finite (and not NaN)."""
+    from rmsprop_jax import _factored
+
+    edge = np.float32(2.0**64)
+    below = np.nextafter(edge, np.float32(0))
+    g = jnp.asarray(
+        [0.0, 1.0, below, -below, edge, -edge, 3e38, np.inf, -np.inf, np.nan, 1e-45], jnp.float32
+    )
+    np.testing.assert_array_equal(_factored.finite_square(g), np.asarray(g * g) < np.inf)
+    assert bool(_factored.finite_square(g)[2]) and not bool(_factored.finite_square(g)[4])
+
+
+@pytest.mark.parametrize(
+    "fill, nan",
+    [
+        (1.0, False),  # every square and sum finite: the sums, divided
+        (1.0, True),  # a NaN gradient is left out, as an overflowed square is
+        (1e30, False),  # these squares overflow and are left out
+        (3e18, False),  # each square (9e36) is finite, but the sums over 64 and 48 terms are not
+    ],
+)
+def test_means_leave_out_overflowed_squares_and_never_overflow(fill, nan):
+    """Both paths of the means (sums divided where every sum is finite, else
+    the masked mean) give the float64 means of the finite squares."""
+    from rmsprop_jax import _factored
+
+    rng = np.random.default_rng(0)
+    g = rng.uniform(0.5, 1.5, size=(64, 48))
+    g[3, :] *= fill
+    g[:, 5] *= fill
+    if nan:
+        g[7, 9] = np.nan
+    with np.errstate(over="ignore"):
+        g = g.astype(np.float32)  # 1e60 is inf in float32
+    row, col = jax.jit(lambda g: _factored.means(g, (0, 1), jnp.float32))(jnp.asarray(g))
+    g2 = np.asarray(g, np.float64) ** 2
+    g2 = np.where(g2 <= float(jnp.finfo(jnp.float32).max), g2, 0)  # NaN compares False
+    np.testing.assert_allclose(row, np.mean(g2, axis=1, keepdims=True), rtol=1e-5)
+    np.testing.assert_allclose(col, np.mean(g2, axis=0, keepdims=True), rtol=1e-5)
+
+
+def test_factored_step_writes_nothing_the_size_of_the_leaf_but_its_outputs():
+    """The two means are reductions straight from the gradient: XLA's CPU backend
+    writes no leaf-sized square out to read it back (a temporary that took fresh
+    memory every step, and most of the factored step's time)."""
+    import re
+
+    import optax
+
+    opt = rmsprop_jax.scale_by_rms(factored=True)
+    params = {"w": jnp.ones((256, 128))}
+
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    hlo = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt.init(params), params)
+    entry = hlo.compile().as_text().split("\nENTRY ")[1]
+    leaf_sized = re.findall(r"^\s*(%\S+) = f32\[256,128\]\S* (\w[\w-]*)\(", entry, re.M)
+    kinds = sorted(op for _, op in leaf_sized)
+    assert kinds == ["fusion", "parameter", "parameter"], leaf_sized

@@ -34,6 +34,39 @@ def test_stochastic_rounding_is_unbiased(dtype):
     assert abs(nearest - float(x[0])) > ulp / 4  # round-to-nearest is biased here
 
 
+def _rounded_up(dtype, n, steps, seed=0):
+    """Whether each of ``n`` elements at 1 + eps/3 (eps of ``dtype``) rounds up,
+    at each of ``steps`` steps (keys as ``update`` makes them: seed, step, leaf)."""
+    from rmsprop_jax import _storage
+
+    x = jnp.full((n,), 1.0 + float(jnp.finfo(dtype).eps) / 3, jnp.float32)
+    keys = jnp.stack([_storage.mix(seed, t, 0) for t in range(1, steps + 1)])
+    rounded = jax.jit(jax.vmap(lambda k: _storage.stochastic_round(x, dtype, k)))(keys)
+    return np.asarray(rounded, np.float32) > 1.0  # (steps, n)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_every_element_rounds_unbiasedly_from_step_to_step(dtype):
+    """Each element's own rounding, over steps, goes up a third of the time: the
+    key, new every step, must reach every element's random bits."""
+    up = _rounded_up(dtype, 64, 4000)
+    assert np.abs(up.mean(axis=0) - 1 / 3).max() < 5 * np.sqrt(2 / 9 / 4000)
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_neighbours_and_successive_steps_round_independently(dtype):
+    """No correlation between neighbouring elements in a step, nor between an
+    element's successive steps (a bare Weyl sequence of the index, for one,
+    ties each element's bits to its neighbour's: correlation -0.4 here)."""
+    up = _rounded_up(dtype, 4096, 64).astype(np.float64)
+    bound = 5 / np.sqrt(up.size)  # five standard errors of a correlation near 0
+    for lag in (1, 2, 64):
+        corr = np.corrcoef(up[:, :-lag].ravel(), up[:, lag:].ravel())[0, 1]
+        assert abs(corr) < bound, (lag, corr)
+    corr = np.corrcoef(up[:-1].ravel(), up[1:].ravel())[0, 1]
+    assert abs(corr) < bound, corr
+
+
 def test_exact_values_are_kept():
     x = jnp.asarray([0.0, 1.0, -2.5, 3.0e38, 1e-45], jnp.float32)
     out = np.asarray(_stored_mean(x, jnp.bfloat16, seed=1), np.float32)

@@ -81,6 +81,67 @@ def test_centered_steps_on_the_largest_gradients_stay_finite(eps, eps_in_sqrt, m
     assert u[0] < 0 < u[1] and u[2] < 0 and u[3] == 0, u
 
 
+@pytest.mark.parametrize(
+    "eps, eps_in_sqrt", [(1.2e-38, True), (1e-8, True), (1e-19, False), (1e-8, False)]
+)
+@pytest.mark.parametrize("momentum", [None, 0.9999999])
+@pytest.mark.parametrize("lr", [1.0, 1e30, "injected"])
+def test_factored_steps_on_the_largest_gradients_stay_finite(eps, eps_in_sqrt, momentum, lr):
+    """A factored estimate can be far below g^2 (here 0 beside the largest
+    gradient whose square is finite, and inf left out of the averages), so
+    that only eps bounds |s|: statically where the numbers are known, else by
+    the clamp."""
+    kw = dict(
+        decay=0.6,
+        eps=eps,
+        eps_in_sqrt=eps_in_sqrt,
+        momentum=momentum,
+        factored=True,
+        min_dim_size_to_factor=2,
+    )
+    if lr == "injected":
+        opt = optax.inject_hyperparams(rmsprop_jax.rmsprop)(learning_rate=1.0, **kw)
+    else:
+        opt = rmsprop_jax.rmsprop(lr, **kw)
+    g = jnp.array([[1.8e19, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 1e-30, 1e30]], jnp.float32)
+    params = {"w": jnp.zeros((3, 3))}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for _ in range(10):
+        updates, state = update({"w": g}, state, params)
+        assert _finite(updates) and _finite(state), (updates, state)
+    u = np.asarray(updates["w"])
+    assert u[0, 0] < 0 and u[2, 1] < 0 and u[2, 2] == 0 and u[1, 1] == 0, u
+
+
+@pytest.mark.parametrize("mu_dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("lr", [1e-3, 1e36, 5e36])
+@pytest.mark.parametrize("momentum", [0.9, 0.99, 0.999])
+@pytest.mark.parametrize("stochastic_rounding", [False, True])
+def test_a_narrow_momentum_buffer_stays_finite(mu_dtype, lr, momentum, stochastic_rounding):
+    """A bfloat16 (float16) buffer driven to its largest value: stored without
+    saturation only where the static bound keeps it in range, else saturated;
+    either way finite. Momentum 0.99 is where rounding up at every store could
+    grow it by the most while the bound still holds."""
+    opt = rmsprop_jax.rmsprop(
+        lr,
+        decay=0.9,
+        momentum=momentum,
+        mu_dtype=mu_dtype,
+        stochastic_rounding=stochastic_rounding,
+    )
+    params = {"w": jnp.zeros(4)}
+    scales = jnp.array([1.0, -1e-5, 1e5, -1e10], jnp.float32)
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    for i in range(300):
+        # growing tenfold every step, the gradient keeps |s| near its bound
+        # 1 / sqrt(1 - decay), and the buffer near lr |s| / (1 - m)
+        g = {"w": scales * jnp.float32(10.0 ** (i % 20 - 10))}
+        updates, state = update(g, state, params)
+        assert _finite(updates) and _finite(state), (i, updates, state)
+
+
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_low_precision_params_zero_and_small_gradients(dtype):
     # eps = 1e-8 underflows in float16; the denominator is computed in float32.
