@@ -109,7 +109,7 @@ def _encode_magnitude(y: Array, m: int, bias: int, top: int, bits: Array | None)
         raw = raw + jnp.uint32(1 << (drop - 1))
         u = jnp.float32(0.5)
     else:
-        raw = raw + (bits & jnp.uint32((1 << drop) - 1))
+        raw = raw + (bits >> jnp.uint32(32 - drop))  # the high bits, the best-mixed
         u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
     normal = (raw >> drop).astype(jnp.int32) - ((127 - bias) << m)
     sub = jnp.floor(y * jnp.float32(2.0 ** (bias - 1 + m)) + u).astype(jnp.int32)

@@ -330,7 +330,7 @@ def _quantizer(
 
     def keep(x: Array) -> tuple[Any, Array]:
         parts = _dtypes.split_complex(x) if split else x
-        bits = None if key is None else _storage.hash_bits(key, parts.shape)
+        bits = None if key is None else _storage.round_bits(key, parts.shape)
         return _quantized.store(parts, old, kind, fmt.block_size, bits, scales), x
 
     return keep
