@@ -21,8 +21,10 @@ a block never straddles a shard:
   then sharded like axis ``j``), else ``k = j + 1``; a leaf sharded on its last
   axis whose shards do not hold whole blocks keeps float32 state.
 
-A step dequantizes, updates in float32 and requantizes (the scales are
-recomputed for each block), in one fusion per leaf.
+A step dequantizes, updates in float32 and requantizes with new scales
+(``rmsprop_jax._step``: from the new values to nearest, from bounds of the
+inputs with stochastic rounding); the codes are decoded and encoded from
+float32 bit fields (``rmsprop_jax._blockwise``), elementwise.
 """
 
 from __future__ import annotations
