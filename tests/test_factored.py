@@ -140,6 +140,13 @@ def test_factored_step_writes_nothing_the_size_of_the_leaf_but_its_outputs():
 
     import optax
 
+    version = tuple(int(re.match(r"\d+", x)[0]) for x in jax.__version__.split(".")[:3])
+    if version < (0, 10, 2):
+        pytest.skip(
+            f"jax {jax.__version__}: its XLA writes one leaf-sized product here (checked "
+            "on 0.8.0); the structure is recorded from 0.10.2, as the golden programs are"
+        )
+
     opt = rmsprop_jax.scale_by_rms(factored=True)
     params = {"w": jnp.ones((256, 128))}
 
