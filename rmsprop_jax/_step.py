@@ -20,7 +20,6 @@ made once per step; each stage casts what it reads to the leaf's dtypes.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -463,31 +462,6 @@ def leaf_step(
     ``lax.cond`` on a predicate over the whole leaf: an all-reduce under
     sharding. Such a block gets the largest scale instead; see
     docs/low_precision.md.)"""
-    step = functools.partial(_leaf_step, opts, axes, n, g, p, mask, nu, mu, trace, key)
-    if key is None or not any(_quantized.is_quantized(x) for x in (nu, mu, trace)):
-        return step(None)
-    g_eff = g
-    if not jnp.iscomplexobj(g):  # the scales bound the gradient the moments see
-        g_eff = effective_gradient(opts, g.astype(jnp.float32), p, mask, n.wd)
-    mu_values = None if mu is None or _quantized.is_quantized(mu) else mu
-    return step(_scales(opts, n, g_eff, (nu, mu, trace), mu_values, axes is None))
-
-
-def _leaf_step(
-    opts: Options,
-    axes: tuple[int, int] | None,
-    n: Numbers,
-    g: Array,
-    p: Array | None,
-    mask: Array | None,
-    nu: Any,
-    mu: Array | None,
-    trace: Array | None,
-    key: Array | None,
-    scales: dict[str, Array] | None,
-) -> tuple[Array, Any, Array | None, Array | None]:
-    """:func:`leaf_step`, with the new 8-bit blocks' scales (None: from the new values)."""
-    bounds = scales or {}
     out_dtype = jnp.result_type(g)
     split = opts.split_complex and jnp.iscomplexobj(g)
     if split:  # the gradient, the parameter and its mask, split alike (a 0-d mask broadcasts)
@@ -514,6 +488,10 @@ def _leaf_step(
 
     p = None if p is None else jnp.asarray(p)
     g = effective_gradient(opts, to_dtype(g, work), p, mask, n.wd)
+    bounds: dict[str, Array] = {}
+    if key is not None and any(_quantized.is_quantized(x) for x in stored_in):
+        mu_values = None if _quantized.is_quantized(stored_in[1]) else mu
+        bounds = _scales(opts, n, g, stored_in, mu_values, axes is None) or {}
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
     if _quantized.is_quantized(stored_in[0]):
         keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False, bounds.get("nu"))
