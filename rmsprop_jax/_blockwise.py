@@ -146,6 +146,50 @@ def _decode_e4m3_signed(codes: Array) -> Array:
     return jnp.where(s < 0, -mag, mag)
 
 
+def _magnitude_arithmetic(p: Array, m: int, bias: int, one: ArrayLike) -> Array:
+    r"""The value of pattern ``p`` (a float32 holding an integer in
+    [0, 2^{e+m})) of an unsigned float with ``m`` mantissa bits and exponent
+    bias ``bias``, in float arithmetic alone: with :math:`e = \lfloor p / 2^m
+    \rfloor` and :math:`f = p - 2^m e`, the value is
+    :math:`(2^m \min(e, 1) + f)\, 2^{\max(e, 1) - b - m}`, which is
+    :math:`f\,2^{1-b-m}` below the normal range and
+    :math:`(1 + f / 2^m)\, 2^{e-b}` above it. Every constant is multiplied by
+    ``one`` (see :func:`decode_for_reduction`)."""
+    k = lambda c: jnp.float32(c) * one
+    e = jnp.floor(p * k(2.0**-m))
+    f = p - k(2**m) * e
+    lead = k(2**m) * jnp.minimum(e, k(1))
+    # exp2(x) written as exp(x ln 2), as XLA expands it, so that ln 2 is a constant of ours.
+    return (lead + f) * jnp.exp((jnp.maximum(e, k(1)) - k(bias + m)) * k(np.log(2.0)))
+
+
+def decode_for_reduction(codes: Array, kind: str, one: ArrayLike = 1.0) -> Array:
+    r"""The map values of ``codes`` (uint8) as float32, computed with float
+    arithmetic only (a floor, a minimum and maximum, an exponential) instead
+    of the bit fields of :func:`dequantize`: XLA:CPU reduces such an
+    expression in one fast pass, while an integer or bit operation, or a
+    comparison, in a reduction's input makes it run element by element
+    (measured: 4 to 12 times slower on a leaf of 8M elements). The
+    exponential is not exact, so the values agree with the map to about
+    :math:`10^{-6}` relative, not bit for bit: use them to *choose scales*,
+    not to store or step with.
+
+    ``one``: a float32 1 that the compiler cannot see through (say, from an
+    optimization barrier), multiplied into every constant. Without it, the
+    constants of two leaves of one shape are the same broadcast to XLA,
+    which then writes that broadcast to memory in full rather than compute it
+    in each leaf's reduction."""
+    c = codes.astype(jnp.float32)
+    if kind == "nu":
+        return _magnitude_arithmetic(c, 3, 31, one)
+    code_map(kind)  # the error for an unknown kind
+    k = lambda x: jnp.float32(x) * one
+    s = c - k(128)  # the signed magnitude index, in [-128, 127]
+    a = jnp.minimum(jnp.abs(s), k(127))
+    # s / max(|s|, 1) is the sign of s (0 for 0), exactly, with no comparison.
+    return _magnitude_arithmetic(a, 3, 15, one) * (s / jnp.maximum(jnp.abs(s), k(1)))
+
+
 # --- code maps ----------------------------------------------------------------
 
 
@@ -204,10 +248,10 @@ def stored_absmax(codes: Array, scales: Array, kind: str) -> Array:
     table = jnp.asarray(cmap.values)
     as_float = codes.astype(jnp.float32)
     if cmap.values[0] < 0:  # the map is symmetric about code 128
-        mag = _reduce_max(jnp.abs(as_float - 128))
+        mag = block_max(jnp.abs(as_float - 128))
         largest = table[128 + jnp.minimum(mag.astype(jnp.int32), 127)]
     else:
-        largest = table[_reduce_max(as_float).astype(jnp.int32)]
+        largest = table[block_max(as_float).astype(jnp.int32)]
     return largest * scales
 
 
@@ -219,6 +263,7 @@ def ema_scales(
     *,
     squared: bool,
     stored: Array | None = None,
+    one: ArrayLike = 1.0,
 ) -> Array:
     r"""Scales for the next value of a moving average, without reducing it.
 
@@ -249,6 +294,8 @@ def ema_scales(
       squared: whether :math:`t = g^2` (else :math:`t = g`).
       stored: None, or float32 ``(..., nb)``: a bound of each block's stored
         magnitudes tighter than :math:`v_{255} s`.
+      one: a float32 1 multiplied into the constants of the reduction (see
+        :func:`decode_for_reduction`).
     """
     top = float(code_map(kind).values[-1])
     d = jnp.asarray(decay, jnp.float32)
@@ -264,14 +311,15 @@ def ema_scales(
     else:
         t = c * jnp.abs(g)
     # One-sided min (with the + 2**-126 for the floor): a clamp does not fuse into the reduction.
-    v = jnp.minimum((d * a)[..., None] + t + jnp.float32(_TINY), _largest_scale(top))
-    return _reduce_max(v)
+    tiny, largest = jnp.float32(_TINY) * one, _largest_scale(top) * one
+    v = jnp.minimum((d * a)[..., None] + t + tiny, largest)
+    return block_max(v)
 
 
 # --- quantize and dequantize ----------------------------------------------------
 
 
-def _reduce_max(v: Array) -> Array:
+def block_max(v: Array) -> Array:
     """The maximum over the last axis (0 for an empty one). A plain reduction,
     nothing applied to its result in the same expression: XLA:CPU runs such a
     reduction fast, but slowly once elementwise work on the result is fused
@@ -285,7 +333,7 @@ def block_absmax(x: Array) -> Array:
     """Each block's largest finite magnitude (last axis reduced; 0 if none).
     The select that drops non-finite values does not fuse into the reduction
     on XLA:CPU, which then writes a float32 temporary of ``x``."""
-    return _reduce_max(jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.float32(0)))
+    return block_max(jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.float32(0)))
 
 
 def _largest_scale(top: float) -> np.float32:

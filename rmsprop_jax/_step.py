@@ -349,61 +349,103 @@ def _scales(
     stored: tuple[Any, Any, Any],
     mu: Array | None,
     full: bool,
-) -> dict[str, Array] | None:
-    r"""The new 8-bit blocks' scales, from the inputs and the old scales alone,
-    so that quantizing reduces no new value (on XLA:CPU such a reduction first
-    writes the new values to memory as float32).
+    nearest: bool,
+    real: jnp.dtype,
+) -> dict[str, Array]:
+    r"""The new 8-bit blocks' scales, each from one reduction over inputs of
+    the step (the gradient, the old codes and scales), never over the new
+    values: on XLA:CPU a reduction of values the step also writes makes it
+    write them to memory as float32 first, and a reduction whose input has an
+    integer or bit operation runs element by element. Each reduction reads
+    its inputs in blocks through ``_quantized.blocks_to_reduce``.
 
-    Each scale puts an upper bound of its block's new values at the top of
-    the map. With :math:`B` the largest value the old block can hold and
-    :math:`g` the effective gradient:
+    With :math:`g` the effective gradient and :math:`B` the largest value an
+    old block can hold:
 
-    - :math:`\nu`: :math:`\max_j \rho B + (1-\rho) g_j^2`;
-    - the variance kept by a centered 8-bit :math:`\nu`:
-      :math:`\max_j \rho B + \rho(1-\rho)(|g_j| + M)^2`, :math:`M` the largest
-      :math:`|\mu|` the old mean's block holds;
-    - :math:`\mu`: :math:`\max_j \rho B + (1-\rho) |g_j|`;
-    - the momentum buffer: :math:`m B + |\eta| S` (:math:`m B + S` with the
-      learning rate outside), :math:`S` the static bound on :math:`|s|` of a
-      full second moment, where it is small enough to be useful.
+    - :math:`\nu` rounded to nearest: each block's largest new value, by the
+      step's own :func:`moments` (and :func:`_variance_kept` when centered)
+      evaluated on the old values decoded by float arithmetic
+      (``_blockwise.decode_for_reduction``, within about :math:`10^{-6}`;
+      an element above the top of the map by that much is stored as the top
+      code). Round-to-nearest needs the scale to move with the block's
+      largest value: that re-rounds every element at every step, and without
+      it slow averages stall (measured; see docs/low_precision.md).
+    - :math:`\nu` rounded stochastically: the bound
+      :math:`\max_j \rho B + (1-\rho) g_j^2`; centered (the variance kept),
+      :math:`\max_j \rho B + \rho(1-\rho)(|g_j| + M)^2`, :math:`M` the
+      largest :math:`|\mu|` the old mean's block holds.
+    - :math:`\mu`: :math:`\max_j \rho B + (1-\rho) |g_j|`, and the momentum
+      buffer: :math:`m B + |\eta| S` (:math:`m B + S` with the learning rate
+      outside), :math:`S` the static bound on :math:`|s|` of a full second
+      moment, where it is small enough to be useful. A signed average does
+      not stall to nearest under such bounds (measured), so both roundings
+      use them.
 
-    Each reduction reads the gradient, nothing else of the size of the leaf.
-    Used with stochastic rounding only: with round-to-nearest, scales that do
-    not follow each block's largest value let slow averages stall (measured;
-    see docs/low_precision.md). None where nothing applies (complex
-    gradients); a missing key means that field reduces its new values."""
+    A field missing from the result (complex gradients; a buffer with no
+    static bound; a centered mean cut into other blocks) takes its scales
+    from its new values."""
     if jnp.iscomplexobj(g):
-        return None
+        return {}
     nu, mu_stored, trace = stored
+    # Through a barrier with this leaf's state: the numbers, and a 1 that
+    # multiplies the reductions' constants, are then this leaf's own (see
+    # _blockwise.decode_for_reduction).
+    n, nu, mu_stored, one = jax.lax.optimization_barrier((n, nu, mu_stored, jnp.float32(1)))
     f32 = jnp.float32
     decay = f32(0) if n.decay is None else to_dtype(n.decay, f32)
-    fmt = {"nu": opts.nu_dtype, "mu": opts.mu_dtype}
     out: dict[str, Array] = {}
     if _quantized.is_quantized(nu):
-        block = fmt["nu"].block_size
-        gb = _quantized.in_blocks(g.astype(f32), nu, block)
-        old = _quantized.scales_of(nu)
-        if not opts.centered:
-            out["nu"] = _blockwise.ema_scales(old, gb, decay, "nu", squared=True)
+        block = opts.nu_dtype.block_size
+        view = lambda x: _quantized.blocks_to_reduce(x, nu, block)
+        gb, old = view(g), _quantized.scales_of(nu)
+        mu_old = None  # the old mean in nu's blocks, where centered
+        if opts.centered and _quantized.is_quantized(mu_stored):
+            if opts.mu_dtype.block_size == block:
+                codes, scales = _quantized.codes_of(mu_stored), _quantized.scales_of(mu_stored)
+                decoded = _blockwise.decode_for_reduction(view(codes), "signed", one)
+                mu_old = jax.lax.mul(decoded, scales[..., None])
+        elif opts.centered and mu is not None:
+            mu_old = view(mu)
+        if opts.centered and mu_old is None:
+            pass
+        elif nearest:
+            decoded = _blockwise.decode_for_reduction(view(_quantized.codes_of(nu)), "nu", one)
+            nu_old = jax.lax.mul(decoded, old[..., None])
+            if mu_old is not None:  # the slot holds the variance (see _variance_kept)
+                nu_old = jax.lax.add(nu_old, to_dtype(abs_sq(mu_old), f32))
+                mu_old = to_dtype(mu_old, g.dtype)
+            new_nu, new_mu, _ = moments(opts, gb, to_dtype(nu_old, real), mu_old, n, None, real)
+            if mu_old is not None:
+                assert new_mu is not None
+                new_nu = _variance_kept(new_nu, new_mu)
+            largest = _blockwise.block_max(to_dtype(new_nu, f32))
+            out["nu"] = _blockwise.scales_from_absmax(largest, _blockwise.code_map("nu"))
+        elif mu_old is None:
+            out["nu"] = _blockwise.ema_scales(
+                old, to_dtype(gb, f32), decay, "nu", squared=True, one=one
+            )
         else:
-            if _quantized.is_quantized(mu_stored) and fmt["mu"].block_size == block:
+            if _quantized.is_quantized(mu_stored):
                 m_max = _quantized.scales_of(mu_stored) * f32(_quantized.TOP["signed"])
-            elif not _quantized.is_quantized(mu_stored) and mu is not None:
-                m_max = _blockwise.block_absmax(_quantized.in_blocks(mu.astype(f32), nu, block))
-            else:
-                return None
+            else:  # a mean in full precision is finite
+                m_max = _blockwise.block_max(jnp.abs(to_dtype(mu_old, f32)))
             top = f32(_quantized.TOP["nu"])
             c = decay * (1 - decay) * f32(_ROUNDING_ROOM) / top
-            r = (jnp.abs(gb) + m_max[..., None]) * jnp.sqrt(c)
+            r = (jnp.abs(to_dtype(gb, f32)) + m_max[..., None]) * jnp.sqrt(c)
             v = jnp.minimum(
-                (decay * f32(_ROUNDING_ROOM) * old)[..., None] + r * r + f32(2.0**-126),
-                _quantized.LARGEST_SCALE["nu"],
+                (decay * f32(_ROUNDING_ROOM) * old)[..., None] + r * r + f32(2.0**-126) * one,
+                _quantized.LARGEST_SCALE["nu"] * one,
             )
-            out["nu"] = jnp.max(v, axis=-1)
+            out["nu"] = _blockwise.block_max(v)
     if _quantized.is_quantized(mu_stored):
-        gb = _quantized.in_blocks(g.astype(f32), mu_stored, fmt["mu"].block_size)
+        gb = _quantized.blocks_to_reduce(g, mu_stored, opts.mu_dtype.block_size)
         out["mu"] = _blockwise.ema_scales(
-            _quantized.scales_of(mu_stored), gb, decay, "signed", squared=False
+            _quantized.scales_of(mu_stored),
+            to_dtype(gb, f32),
+            decay,
+            "signed",
+            squared=False,
+            one=one,
         )
     if _quantized.is_quantized(trace):
         clamp = not (opts.s_bound and full)
@@ -449,6 +491,36 @@ def leaf_step(
     trace: Array | None,
     key: Array | None,
 ) -> tuple[Array, Any, Array | None, Array | None]:
+    """One step for one leaf: (update, nu, mu, trace); see :func:`_leaf_step`.
+
+    With an 8-bit momentum buffer, the buffer's new codes are computed by a
+    second evaluation of the same step on the same inputs, passed through an
+    optimization barrier. The update and the new codes are two loops, and
+    both need the normalised gradient :math:`s`; from one evaluation, XLA
+    computes :math:`s` (a root per element, which it will not duplicate into
+    two loops) once and writes it to memory as a float32 temporary of the
+    whole leaf. Two evaluations give each loop its own, with the same numbers
+    (measured on an 8M-element leaf: 25 ms a step with the temporary against
+    ... without)."""
+    args = (n, g, p, mask, nu, mu, trace, key)
+    update, new_nu, new_mu, new_trace = _leaf_step(opts, axes, *args)
+    if new_trace is not None and _quantized.is_quantized(trace):
+        *_, new_trace = _leaf_step(opts, axes, *jax.lax.optimization_barrier(args))
+    return update, new_nu, new_mu, new_trace
+
+
+def _leaf_step(
+    opts: Options,
+    axes: tuple[int, int] | None,
+    n: Numbers,
+    g: Array,
+    p: Array | None,
+    mask: Array | None,
+    nu: Any,
+    mu: Array | None,
+    trace: Array | None,
+    key: Array | None,
+) -> tuple[Array, Any, Array | None, Array | None]:
     """One step for one leaf: (update, nu, mu, trace).
 
     ``axes`` are the factored axes of ``nu`` (None for a full second moment);
@@ -456,12 +528,11 @@ def leaf_step(
     per-element weight-decay mask (None: every element); ``key`` is None
     unless the state is rounded stochastically.
 
-    With 8-bit state and stochastic rounding, the new blocks' scales come from
-    bounds of the inputs (:func:`_scales`). (Choosing between those and exact
-    scales at run time, where a square exceeds float32's range, would need a
-    ``lax.cond`` on a predicate over the whole leaf: an all-reduce under
-    sharding. Such a block gets the largest scale instead; see
-    docs/low_precision.md.)"""
+    With 8-bit state, the new blocks' scales come from reductions over the
+    inputs (:func:`_scales`). A block where a new value is not finite (a
+    square beyond float32's range) gets the largest scale: telling such
+    blocks apart at run time would need a ``lax.cond`` on a predicate over the
+    whole leaf, an all-reduce under sharding; see docs/low_precision.md."""
     out_dtype = jnp.result_type(g)
     split = opts.split_complex and jnp.iscomplexobj(g)
     if split:  # the gradient, the parameter and its mask, split alike (a 0-d mask broadcasts)
@@ -489,9 +560,9 @@ def leaf_step(
     p = None if p is None else jnp.asarray(p)
     g = effective_gradient(opts, to_dtype(g, work), p, mask, n.wd)
     bounds: dict[str, Array] = {}
-    if key is not None and any(_quantized.is_quantized(x) for x in stored_in):
+    if any(_quantized.is_quantized(x) for x in stored_in):
         mu_values = None if _quantized.is_quantized(stored_in[1]) else mu
-        bounds = _scales(opts, n, g, stored_in, mu_values, axes is None) or {}
+        bounds = _scales(opts, n, g, stored_in, mu_values, axes is None, key is None, real)
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
     if _quantized.is_quantized(stored_in[0]):
         keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False, bounds.get("nu"))
