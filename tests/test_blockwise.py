@@ -337,3 +337,18 @@ def test_ema_scales_at_the_edges():
     assert np.isnan(s[0, 2])  # documented: discard steps with NaN gradients
     empty = bw.ema_scales(jnp.zeros((2,)), jnp.zeros((2, 0)), 0.9, "signed", squared=False)
     assert empty.shape == (2,)
+
+
+@pytest.mark.parametrize("kind", ["nu", "signed"])
+def test_decode_for_reduction_agrees_with_the_map(kind):
+    # Float arithmetic only (for a fast reduction): every code's value to
+    # about 1e-6, its sign and an exact 0; a traced 1 gives the same values.
+    codes = jnp.arange(256, dtype=jnp.uint8).reshape(4, 64)
+    values = bw.code_values(kind).reshape(4, 64).astype(np.float64)
+    got = np.asarray(jax.jit(lambda c: bw.decode_for_reduction(c, kind))(codes), np.float64)
+    np.testing.assert_array_equal(np.sign(got), np.sign(values))
+    np.testing.assert_allclose(got, values, rtol=4e-6, atol=0)
+    traced = jax.jit(lambda c, one: bw.decode_for_reduction(c, kind, one))(codes, jnp.float32(1))
+    np.testing.assert_array_equal(np.asarray(traced), got.astype(np.float32))
+    with pytest.raises(ValueError, match="kind"):
+        bw.decode_for_reduction(codes, "mu")
