@@ -263,7 +263,6 @@ def ema_scales(
     *,
     squared: bool,
     stored: Array | None = None,
-    one: ArrayLike = 1.0,
 ) -> Array:
     r"""Scales for the next value of a moving average, without reducing it.
 
@@ -275,16 +274,21 @@ def ema_scales(
 
     .. math::
 
-      s' = \max_j \min\big(d\, a / v_{255} + (1 - d)\, |t_j| / v_{255}
+      s' = \min\big(d\, a / v_{255} + (1 - d) \max_j |t_j| / v_{255}
            + 2^{-126},\ s_{\max}\big)
 
     is a valid scale for :math:`x'` (its elements are at most
-    :math:`v_{255} s'`), kept in :math:`[2^{-126}, \mathrm{FLT\_MAX}/v_{255}]`.
-    The reduction reads only ``g`` (and ``scales``), and is written so that
-    XLA:CPU fuses it into one pass with no float32 temporary; its result
-    feeds :func:`quantize` through ``scales=``. A block whose :math:`t`
-    overflows gets the largest scale; a NaN in ``g`` makes its block's scale
-    NaN (discard such steps, e.g. with ``optax.apply_if_finite``).
+    :math:`v_{255} s'`), kept in :math:`[2^{-126}, \mathrm{FLT\_MAX}/v_{255}]`;
+    :math:`d` and :math:`1 - d` carry a margin of :math:`2^{-20}` for the
+    rounding of the caller's own :math:`d x + (1 - d) t` and of the terms
+    here. The one reduction over the elements is the largest :math:`g^2`
+    (or :math:`|g|`) of each block, which XLA:CPU runs as one fast pass over
+    ``g``; the rest is per block, kept out of the reduction's fusion by an
+    optimization barrier (work fused after a reduction makes it several
+    times slower). Its result feeds :func:`quantize` through ``scales=``. A
+    block whose :math:`t` overflows gets the largest scale; a NaN in ``g``
+    makes its block's scale NaN (discard such steps, e.g. with
+    ``optax.apply_if_finite``).
 
     Args:
       scales: the block scales of :math:`\hat x`, float32 ``(..., nb)``.
@@ -294,26 +298,15 @@ def ema_scales(
       squared: whether :math:`t = g^2` (else :math:`t = g`).
       stored: None, or float32 ``(..., nb)``: a bound of each block's stored
         magnitudes tighter than :math:`v_{255} s`.
-      one: a float32 1 multiplied into the constants of the reduction (see
-        :func:`decode_for_reduction`).
     """
     top = float(code_map(kind).values[-1])
     d = jnp.asarray(decay, jnp.float32)
     a = scales if stored is None else stored / jnp.float32(top)
-    # A margin of 2**-20 (8 units in the last place) covers the rounding of
-    # the caller's own d * x + (1 - d) * t and of the terms here.
     margin = jnp.float32(1 + 2.0**-20)
     c = (1 - d) * (margin / jnp.float32(top))
-    d = d * margin
-    if squared:  # (sqrt(c) g)**2: a g * g shared with the caller would be materialised
-        r = jnp.sqrt(c) * g
-        t = r * r
-    else:
-        t = c * jnp.abs(g)
-    # One-sided min (with the + 2**-126 for the floor): a clamp does not fuse into the reduction.
-    tiny, largest = jnp.float32(_TINY) * one, _largest_scale(top) * one
-    v = jnp.minimum((d * a)[..., None] + t + tiny, largest)
-    return block_max(v)
+    largest_t = jax.lax.optimization_barrier(block_max(g * g if squared else jnp.abs(g)))
+    v = d * margin * a + c * largest_t + jnp.float32(_TINY)
+    return jnp.minimum(v, _largest_scale(top))
 
 
 # --- quantize and dequantize ----------------------------------------------------

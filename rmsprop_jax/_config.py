@@ -21,6 +21,7 @@ checks them (naming each argument as its caller calls it, so that
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -330,3 +331,22 @@ def _facts(
         momentum_unbounded=has_m and (m is None or 1 - m < float(_F32.eps)),
         run_time_check=bool(run_time),
     )
+
+
+# The configuration behind each transform this library builds, keyed by its
+# update function (a transform is a plain (init, update) pair), for the
+# functions that read a state back through its configuration
+# (``step_size_stats``).
+_CONFIGS: weakref.WeakKeyDictionary[Any, Config] = weakref.WeakKeyDictionary()
+
+
+def register(transform: Any, cfg: Config) -> Any:
+    """Remembers ``cfg`` as the configuration of ``transform``; returns it."""
+    _CONFIGS[transform.update] = cfg
+    return transform
+
+
+def config_of(transform: Any) -> Config | None:
+    """The configuration of a transform this library built (else None)."""
+    update = getattr(transform, "update", None)
+    return _CONFIGS.get(update) if update is not None else None

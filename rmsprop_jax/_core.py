@@ -19,7 +19,7 @@ import numpy as np
 import optax
 
 from rmsprop_jax import (
-    _diagnostics,
+    _config,
     _dtypes,
     _factored,
     _numbers,
@@ -296,4 +296,4 @@ def build(cfg: Config) -> optax.GradientTransformationExtraArgs:
             trace=new_trace if o.momentum else None,
         )
 
-    return _diagnostics.register(optax.GradientTransformationExtraArgs(init_fn, update_fn), cfg)
+    return _config.register(optax.GradientTransformationExtraArgs(init_fn, update_fn), cfg)

@@ -10,32 +10,16 @@ times larger than the rest the moment a gradient reaches them.
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rmsprop_jax import _factored, _quantized
-from rmsprop_jax._config import Config
+from rmsprop_jax._config import Config, config_of
+from rmsprop_jax._core import RMSpropState
 
 Array = jax.Array
-
-# The configuration behind each transform this library builds, keyed by its
-# update function (a transform is a plain (init, update) pair).
-_CONFIGS: weakref.WeakKeyDictionary[Any, Config] = weakref.WeakKeyDictionary()
-
-
-def register(transform: Any, cfg: Config) -> Any:
-    """Remembers ``cfg`` as the configuration of ``transform``; returns it."""
-    _CONFIGS[transform.update] = cfg
-    return transform
-
-
-def config_of(transform: Any) -> Config | None:
-    """The configuration of a transform this library built (else None)."""
-    update = getattr(transform, "update", None)
-    return _CONFIGS.get(update) if update is not None else None
 
 
 class StepSizeStats(NamedTuple):
@@ -47,8 +31,6 @@ class StepSizeStats(NamedTuple):
 
 
 def _find_state(state: Any) -> Any:
-    from rmsprop_jax._core import RMSpropState
-
     found = [
         x
         for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, RMSpropState))

@@ -421,9 +421,7 @@ def _scales(
             largest = _blockwise.block_max(to_dtype(new_nu, f32))
             out["nu"] = _blockwise.scales_from_absmax(largest, _blockwise.code_map("nu"))
         elif mu_old is None:
-            out["nu"] = _blockwise.ema_scales(
-                old, to_dtype(gb, f32), decay, "nu", squared=True, one=one
-            )
+            out["nu"] = _blockwise.ema_scales(old, to_dtype(gb, f32), decay, "nu", squared=True)
         else:
             if _quantized.is_quantized(mu_stored):
                 m_max = _quantized.scales_of(mu_stored) * f32(_quantized.TOP["signed"])
@@ -431,12 +429,12 @@ def _scales(
                 m_max = _blockwise.block_max(jnp.abs(to_dtype(mu_old, f32)))
             top = f32(_quantized.TOP["nu"])
             c = decay * (1 - decay) * f32(_ROUNDING_ROOM) / top
-            r = (jnp.abs(to_dtype(gb, f32)) + m_max[..., None]) * jnp.sqrt(c)
-            v = jnp.minimum(
-                (decay * f32(_ROUNDING_ROOM) * old)[..., None] + r * r + f32(2.0**-126) * one,
-                _quantized.LARGEST_SCALE["nu"] * one,
-            )
-            out["nu"] = _blockwise.block_max(v)
+            # max_j (|g_j| + M)^2 is (max_j |g_j| + M)^2: one plain reduction,
+            # the rest per block, behind a barrier (as in ema_scales).
+            largest_g = _blockwise.block_max(jnp.abs(to_dtype(gb, f32)))
+            r = jax.lax.optimization_barrier(largest_g) + m_max
+            v = decay * f32(_ROUNDING_ROOM) * old + c * (r * r) + f32(2.0**-126)
+            out["nu"] = jnp.minimum(v, _quantized.LARGEST_SCALE["nu"])
     if _quantized.is_quantized(mu_stored):
         gb = _quantized.blocks_to_reduce(g, mu_stored, opts.mu_dtype.block_size)
         out["mu"] = _blockwise.ema_scales(
@@ -445,7 +443,6 @@ def _scales(
             decay,
             "signed",
             squared=False,
-            one=one,
         )
     if _quantized.is_quantized(trace):
         clamp = not (opts.s_bound and full)

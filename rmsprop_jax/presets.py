@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rmsprop_jax import _core, _diagnostics, _step, _trees
+from rmsprop_jax import _config, _core, _step, _trees
 from rmsprop_jax import _validation as v
 from rmsprop_jax._config import configure
 from rmsprop_jax._quantized import Blockwise8bit
@@ -239,9 +239,9 @@ def keras(
     else:
         per_array = given[0] == "clipnorm"
         clip = _clip_to_norm(jax.tree.map if per_array else lambda f, tree: f(tree), limit)
-    cfg = _diagnostics.config_of(core)
+    cfg = _config.config_of(core)
     assert cfg is not None
-    return _diagnostics.register(optax.chain(clip, core), cfg)
+    return _config.register(optax.chain(clip, core), cfg)
 
 
 def tensorflow_v1(
