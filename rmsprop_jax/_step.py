@@ -471,6 +471,33 @@ def _variance_kept(nu: Array, mu: Array) -> Array:
     return jax.lax.max(jax.lax.sub(nu, to_dtype(abs_sq(mu), nu.dtype)), jnp.zeros((), nu.dtype))
 
 
+def _unless_out_of_range(
+    ok: Array | None, keep: Callable[[Array], Any], old: Any
+) -> Callable[[Array], Any]:
+    """``keep``, except that where a number given at run time is out of range
+    (``ok`` False) the old state is stored instead, and the step goes on
+    with it (the update is zeroed at the end).
+
+    The step then goes on with exactly what is stored (read back where the
+    storage is narrower): XLA writes the new state once and the update's loop
+    reads it, instead of recomputing it from the old state that the store
+    overwrites in place, which needs a copy of the donated state first
+    (measured, float32 state on a 2048 x 4096 leaf with a learning-rate
+    schedule: 13 ms a step against 3 ms). 8-bit state goes on with its
+    unrounded value, as without run-time numbers."""
+    if ok is None:
+        return keep
+
+    def guarded(x: Array) -> tuple[Any, Any]:
+        stored, value = keep(x)
+        stored = jax.tree.map(lambda a, b: jnp.where(ok, a, b), stored, old)
+        if not _quantized.is_quantized(stored):
+            value = jax.tree.map(lambda a, v: to_dtype(a, v.dtype), stored, value)
+        return stored, value
+
+    return guarded
+
+
 def _complex_parts(x: Any, g: Array, split: bool) -> bool:
     """Whether an 8-bit mean or buffer holds a complex value's parts (shape (..., 2))."""
     return x is not None and _quantized.is_quantized(x) and jnp.iscomplexobj(g) and not split
@@ -552,15 +579,18 @@ def _leaf_step(
         mu_values = None if _quantized.is_quantized(stored_in[1]) else mu
         bounds = _scales(opts, n, g, stored_in, mu_values, axes is None, key is None, real)
     new_nu, new_mu, finite = moments(opts, g, nu, mu, n, axes, real)
+    ok = n.ok  # False where a number given at run time is out of range
     if _quantized.is_quantized(stored_in[0]):
         keep_nu = _quantizer(stored_in[0], opts.nu_dtype, "nu", keys[0], False, bounds.get("nu"))
+        keep_nu = _unless_out_of_range(ok, keep_nu, stored_in[0])
         if variance_kept:
             assert new_mu is not None
             stored_nu, _ = keep_nu(_variance_kept(new_nu, new_mu))
         else:
             stored_nu, new_nu = keep_nu(new_nu)
     else:
-        stored_nu, new_nu = _keep_nu(new_nu, nu, keys[0])
+        keep_full = lambda x: _keep_nu(x, nu, keys[0])
+        stored_nu, new_nu = _unless_out_of_range(ok, keep_full, stored_in[0])(new_nu)
     stored_mu = None
     if new_mu is not None and mu is not None:
         if _quantized.is_quantized(stored_in[1]):
@@ -569,7 +599,7 @@ def _leaf_step(
             )
         else:
             keep_mu = _keeper(mu.dtype, keys[1], saturated=True)
-        stored_mu, new_mu = keep_mu(new_mu)
+        stored_mu, new_mu = _unless_out_of_range(ok, keep_mu, stored_in[1])(new_mu)
     nu_hat, mu_hat = debias(new_nu, new_mu, n, axes, real)
     # |s| needs a clamp unless a full second moment bounds it, or eps does
     # (_config._facts); one stored in float16 can underflow to 0, which only the
@@ -592,6 +622,7 @@ def _leaf_step(
             gain, largest = opts.buffer_gain, float(jnp.finfo(trace.dtype).max)
             within = s_bound is not None and gain is not None and 2 * gain * s_bound <= largest
             keep = _keeper(trace.dtype, keys[2], saturated=not within)
+        keep = None if keep is None else _unless_out_of_range(ok, keep, stored_in[2])
         update, stored_trace = momentum_step(opts, s, trace, n, keep)
     decoupled = p is not None and opts.weight_decay_mode == "decoupled"
     if decoupled:
@@ -605,13 +636,8 @@ def _leaf_step(
     narrower = jnp.finfo(out_dtype).bits < jnp.finfo(work).bits
     if narrower or decoupled or opts.momentum_unbounded:
         update = _storage.saturate(update, out_dtype if not split else real)
-    ok = n.ok
-    if ok is not None:  # a run-time number out of range: no step, state as it was
+    if ok is not None:  # a run-time number out of range: no step (the state was kept above)
         update = jnp.where(ok, update, jnp.zeros((), update.dtype))
-        stored_nu, stored_mu, stored_trace = (
-            None if new is None else jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
-            for new, old in zip((stored_nu, stored_mu, stored_trace), stored_in, strict=True)
-        )
     if split:
         update = _dtypes.merge_complex(update, out_dtype)
     return to_dtype(update, out_dtype), stored_nu, stored_mu, stored_trace
