@@ -407,7 +407,7 @@ def _scales(
         elif opts.centered and mu is not None:
             mu_old = view(mu)
         if opts.centered and mu_old is None:
-            pass
+            pass  # a mean cut into other blocks: nu's scales come from its new values
         elif nearest:
             decoded = _blockwise.decode_for_reduction(view(_quantized.codes_of(nu)), "nu", one)
             nu_old = jax.lax.mul(decoded, old[..., None])
